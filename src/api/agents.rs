@@ -1,0 +1,82 @@
+//! Node-level and agent endpoints: health, capabilities, the agent directory and `listen`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::Caller;
+use super::intents::query_number;
+use super::streams::{self, StreamQuery};
+use crate::address::AgentAddress;
+
+const LISTEN_SUFFIX: &str = "/intents/stream";
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"ok": true, "status": "ok", "version": env!("CARGO_PKG_VERSION"), "org": state.config().node.org}))
+}
+
+pub async fn capabilities(_caller: Caller) -> Json<Value> {
+    Json(json!({
+        "ok": true,
+        "capabilities": [
+            "intents.create", "intents.get", "intents.events", "intents.events.stream", "intents.resolve",
+            "intents.resume", "intents.controls", "intents.policy", "intents.transition", "intents.poll",
+            "agents.listen", "idempotency"
+        ],
+        // Any intent type that follows the create grammar is accepted.
+        "supported_intent_types": [],
+        "accepts_any_intent_type": true,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    org_id: Option<String>,
+    workspace_id: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = query_number("limit", query.limit.as_deref(), 100, 1000)?.max(1) as usize;
+    let prefix = match (&query.org_id, &query.workspace_id) {
+        (Some(org), Some(workspace)) => format!("agent://{org}/{workspace}/"),
+        (Some(org), None) => format!("agent://{org}/"),
+        (None, Some(_)) => return Err(ApiError::invalid("workspace_id", "needs org_id as well")),
+        (None, None) => "agent://".to_owned(),
+    };
+    let agents: Vec<Value> = state
+        .store()
+        .agents(&prefix)?
+        .into_iter()
+        .filter(|agent| AgentAddress::parse(&agent.address).is_ok_and(|address| caller.may_act_for(&address)))
+        .take(limit)
+        .map(|agent| serde_json::to_value(agent).expect("agent records serialise"))
+        .collect();
+    Ok(Json(json!({"ok": true, "agents": agents})))
+}
+
+/// `/v1/agents/{address...}`: the agent itself, or with `/intents/stream` its listen stream.
+pub async fn get_or_listen(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    Query(query): Query<StreamQuery>,
+) -> ApiResult<Response> {
+    if let Some(address) = path.strip_suffix(LISTEN_SUFFIX) {
+        let agent = AgentAddress::parse_lenient(address).map_err(|error| ApiError::invalid("address", error))?;
+        return Ok(streams::listen(state, caller, agent, query).await?.into_response());
+    }
+    let address = AgentAddress::parse_lenient(&path).map_err(|error| ApiError::invalid("address", error))?;
+    caller.require("address", &address)?;
+    let agent =
+        state.store().agent(address.as_str())?.ok_or_else(|| ApiError::not_found(format_args!("agent {address}")))?;
+    Ok(Json(json!({"ok": true, "agent": agent})).into_response())
+}

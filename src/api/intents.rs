@@ -1,0 +1,675 @@
+//! `/v1/intents`: create, read, the event log, and the operations that move an intent along.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Caller, Fields, JsonBody};
+use super::views;
+use crate::address::AgentAddress;
+use crate::clock::{now_rfc3339, now_unix_ms};
+use crate::intent::{IntentRecord, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
+use crate::store::{Feed, IdempotencyCheck, IdempotencyScope, StoredIntent, Txn, canonical_hash};
+
+/// Most events one `GET .../events` returns; callers page on with `since`.
+const MAX_EVENTS_PAGE: usize = 1000;
+const MAX_LIST_PAGE: usize = 500;
+/// Optional create fields kept for the runtime (timers, reminders, human tasks).
+const INTENT_OPTIONS: [&str; 8] = [
+    "deadline_at",
+    "remind_after_seconds",
+    "remind_interval_seconds",
+    "max_reminders",
+    "escalate_to",
+    "max_delivery_attempts",
+    "human_task",
+    "metadata",
+];
+
+/// A keyed request's identity and body fingerprint, checked and recorded inside the write.
+struct Idempotency {
+    scope: IdempotencyScope,
+    body_hash: String,
+    expired_before_ms: u64,
+}
+
+impl Idempotency {
+    fn from_request(
+        state: &AppState,
+        caller: &Caller,
+        headers: &HeaderMap,
+        endpoint: &str,
+        body: &Map<String, Value>,
+    ) -> ApiResult<Option<Self>> {
+        let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
+        let key =
+            raw.to_str().ok().map(str::trim).filter(|key| !key.is_empty() && key.len() <= 255).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?;
+        let ttl_ms = state.config().limits.idempotency_ttl_hours * 3_600_000;
+        Ok(Some(Idempotency {
+            scope: IdempotencyScope::new(&caller.key.key_id, endpoint, key),
+            body_hash: canonical_hash(&Value::Object(body.clone())),
+            expired_before_ms: now_unix_ms().saturating_sub(ttl_ms),
+        }))
+    }
+}
+
+/// Runs `change` unless the same keyed request was already answered, and records its answer.
+fn once(
+    txn: &mut Txn,
+    idempotency: Option<Idempotency>,
+    change: impl FnOnce(&mut Txn) -> ApiResult<Value>,
+) -> ApiResult<Value> {
+    let Some(idempotency) = idempotency else { return change(txn) };
+    match txn.idempotency_check(idempotency.scope, &idempotency.body_hash, idempotency.expired_before_ms)? {
+        IdempotencyCheck::Replay(answer) => Ok(answer),
+        IdempotencyCheck::Conflict => Err(ApiError::conflict(
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request body; use a new key for a new request",
+        )),
+        IdempotencyCheck::Fresh => {
+            let answer = change(txn)?;
+            txn.idempotency_save(idempotency.scope, &idempotency.body_hash, &answer, now_unix_ms());
+            Ok(answer)
+        }
+    }
+}
+
+fn parse_intent_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("invalid_intent_id", format!("{raw:?} is not an intent id (a UUID)")))
+}
+
+/// The intent, if it exists and the caller may see it. Both cases answer the same 404 so that
+/// a key learns nothing about intents outside its addresses.
+fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult<StoredIntent> {
+    match stored {
+        Some(stored) if caller.can_see(&stored.record) => Ok(stored),
+        _ => Err(ApiError::not_found(format_args!("intent {id}"))),
+    }
+}
+
+fn require_handler(caller: &Caller, stored: &StoredIntent, what: &str) -> ApiResult<()> {
+    if caller.is_handler_of(&stored.record) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden("not_handler", format!("only the handler {} may {what}", stored.record.to_agent)))
+}
+
+fn is_valid_intent_type(intent_type: &str) -> bool {
+    // `^[a-z0-9_]+(\.[a-z0-9_]+)+\.v[0-9]+$`, the create request's grammar.
+    let segments: Vec<&str> = intent_type.split('.').collect();
+    let Some((version, names)) = segments.split_last() else { return false };
+    let version_ok = version
+        .strip_prefix('v')
+        .is_some_and(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()));
+    let name_ok = |name: &&str| {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    version_ok && names.len() >= 2 && names.iter().all(name_ok) && intent_type.len() <= 255
+}
+
+fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> ApiResult<NewIntent> {
+    let mut fields = Fields::new(body);
+    let intent_type = fields.required_string("intent_type")?;
+    if !is_valid_intent_type(&intent_type) {
+        return Err(ApiError::invalid(
+            "intent_type",
+            format!("{intent_type:?} must look like domain.action.v1 (lowercase, dot-separated, ending in .v<N>)"),
+        ));
+    }
+    let correlation_id = fields.required_string("correlation_id")?;
+    if correlation_id.len() > 255 {
+        return Err(ApiError::invalid("correlation_id", "must be at most 255 characters"));
+    }
+    let to_agent = fields.address("to_agent")?.ok_or_else(|| ApiError::invalid("to_agent", "is required"))?;
+    let from_agent = match fields.address("from_agent")? {
+        Some(address) => {
+            caller.require("from_agent", &address)?;
+            address
+        }
+        None => caller.key.default_agent().ok_or_else(|| {
+            ApiError::invalid(
+                "from_agent",
+                "is required: this API key acts for several addresses, so name the one sending",
+            )
+        })?,
+    };
+    let reply_to = fields.address("reply_to")?;
+    if let Some(reply_to) = &reply_to {
+        caller.require("reply_to", reply_to)?;
+    }
+    let payload =
+        fields.object("payload")?.ok_or_else(|| ApiError::invalid("payload", "is required (a JSON object)"))?;
+    let payload_size = serde_json::to_vec(&payload).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+    let limit = state.config().limits.max_payload_bytes;
+    if payload_size > limit {
+        return Err(ApiError::too_large(format!(
+            "payload is {payload_size} bytes; this node accepts at most {limit} bytes (limits.max_payload_bytes)"
+        )));
+    }
+    let options = parse_options(&mut fields)?;
+    fields.finish()?;
+    Ok(NewIntent {
+        intent_type,
+        correlation_id,
+        from_agent: from_agent.to_string(),
+        to_agent: to_agent.to_string(),
+        reply_to: reply_to.map(|address| address.to_string()),
+        payload: Value::Object(payload),
+        options,
+    })
+}
+
+fn parse_options(fields: &mut Fields) -> ApiResult<Map<String, Value>> {
+    let mut options = Map::new();
+    if let Some(deadline) = fields.string("deadline_at")? {
+        chrono::DateTime::parse_from_rfc3339(&deadline)
+            .map_err(|_| ApiError::invalid("deadline_at", "must be an RFC 3339 date-time"))?;
+        options.insert("deadline_at".into(), Value::String(deadline));
+    }
+    for name in ["remind_after_seconds", "remind_interval_seconds", "max_reminders", "max_delivery_attempts"] {
+        if let Some(number) = fields.positive_integer(name)? {
+            options.insert(name.into(), Value::from(number));
+        }
+    }
+    if let Some(escalate_to) = fields.string("escalate_to")? {
+        if escalate_to.len() > 383 {
+            return Err(ApiError::invalid("escalate_to", "must be at most 383 characters"));
+        }
+        options.insert("escalate_to".into(), Value::String(escalate_to));
+    }
+    for name in ["human_task", "metadata"] {
+        if let Some(object) = fields.object(name)? {
+            options.insert(name.into(), Value::Object(object));
+        }
+    }
+    debug_assert!(options.keys().all(|key| INTENT_OPTIONS.contains(&key.as_str())));
+    Ok(options)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let idempotency = Idempotency::from_request(&state, &caller, &headers, "POST /v1/intents", &body)?;
+    let new = parse_create(&state, &caller, body)?;
+    let actor = new.from_agent.clone();
+    let answer = state
+        .store()
+        .write(move |txn| {
+            once(txn, idempotency, |txn| {
+                let id = Uuid::now_v7();
+                let at = now_rfc3339();
+                let (record, events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
+                let status = record.status();
+                txn.insert_intent(record, &events)?;
+                Ok(json!({"ok": true, "intent_id": id, "status": status, "created_at": at}))
+            })
+        })
+        .await?;
+    Ok(Json(answer))
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_intent_id(&id)?;
+    let stored = visible(state.store().intent(id)?, &caller, id)?;
+    Ok(Json(json!({"ok": true, "intent": views::intent(&stored)})))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+/// Parses a non-negative integer query parameter.
+pub fn query_number(name: &str, raw: Option<&str>, default: u64, max: u64) -> ApiResult<u64> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.trim().parse::<u64>() {
+        Ok(number) if number <= max => Ok(number),
+        _ => Err(ApiError::invalid(name, format!("{raw:?} must be an integer from 0 to {max}"))),
+    }
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_intent_id(&id)?;
+    let since = query_number("since", query.since.as_deref(), 0, u64::MAX)?;
+    let limit =
+        query_number("limit", query.limit.as_deref(), MAX_EVENTS_PAGE as u64, MAX_EVENTS_PAGE as u64)?.max(1) as usize;
+    visible(state.store().intent(id)?, &caller, id)?;
+    let events = state.store().events(id, since, limit)?;
+    let next_since = events.last().map_or(since, |event| event.seq);
+    let events: Vec<Value> = events.iter().map(views::event).collect();
+    Ok(Json(json!({"ok": true, "events": events, "next_since": next_since})))
+}
+
+#[derive(Deserialize)]
+pub struct OwnerQuery {
+    owner_agent: Option<String>,
+}
+
+/// Common shape of the intent operations: load, authorise and change the intent inside one
+/// write, persisting the events the change appended. `change` returns the answer and those events.
+async fn operate(
+    state: &AppState,
+    caller: Caller,
+    id: &str,
+    idempotency: Option<Idempotency>,
+    change: impl FnOnce(&Caller, &mut StoredIntent) -> ApiResult<(Value, Vec<LifecycleEvent>)> + Send + 'static,
+) -> ApiResult<Json<Value>> {
+    let id = parse_intent_id(id)?;
+    let answer = state
+        .store()
+        .write(move |txn| {
+            once(txn, idempotency, |txn| {
+                let mut stored = visible(txn.intent(id)?, &caller, id)?;
+                let (answer, events) = change(&caller, &mut stored)?;
+                txn.update_intent(&stored, &events)?;
+                Ok(answer)
+            })
+        })
+        .await?;
+    Ok(Json(answer))
+}
+
+pub async fn resolve(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OwnerQuery>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
+    let idempotency =
+        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/resolve"), &body)?;
+    let mut fields = Fields::new(body);
+    let status: Status =
+        fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
+    let outcome = match status {
+        Status::Completed => ResolveOutcome::Completed {
+            result: fields
+                .value("result")
+                .ok_or_else(|| ApiError::invalid("result", "is required when status is COMPLETED"))?,
+        },
+        Status::Failed => ResolveOutcome::Failed {
+            error: match fields.value("error") {
+                Some(Value::String(message)) => json!({"message": message}),
+                Some(error @ Value::Object(_)) => error,
+                Some(_) => return Err(ApiError::invalid("error", "must be an object or a string")),
+                None => return Err(ApiError::invalid("error", "is required when status is FAILED")),
+            },
+        },
+        Status::Canceled => ResolveOutcome::Canceled {
+            reason: fields
+                .string("reason")?
+                .ok_or_else(|| ApiError::invalid("reason", "is required when status is CANCELED"))?,
+        },
+        other => {
+            return Err(ApiError::invalid(
+                "status",
+                format!("{other} is not a resolution; use COMPLETED, FAILED or CANCELED"),
+            ));
+        }
+    };
+    // Both are informational on resolve: the actor comes from the key, the reason from the outcome.
+    fields.string("actor")?;
+    fields.string("reason")?;
+    let expected_generation = fields.integer("expected_policy_generation", 0)?;
+    fields.finish()?;
+    operate(&state, caller, &id, idempotency, move |caller, stored| {
+        if !matches!(outcome, ResolveOutcome::Canceled { .. }) {
+            require_handler(caller, stored, "complete or fail this intent")?;
+        }
+        if let Some(expected) = expected_generation
+            && expected != stored.record.policy_generation()
+        {
+            return Ok((stale(stored), vec![]));
+        }
+        let events = stored.record.resolve(outcome, Some(&actor), &now_rfc3339())?;
+        let last = events.last().map(views::event).unwrap_or(Value::Null);
+        let mut event = last;
+        event["pending_with"] = Value::Null;
+        let completion_delivery = stored.record.reply_to.as_ref().map(|reply_to| {
+            json!({"delivered": false, "reply_to": reply_to, "reason": "inbox delivery of outcomes is not available on this node yet"})
+        });
+        let answer = json!({
+            "ok": true,
+            "applied": true,
+            "intent": views::intent(stored),
+            "event": event,
+            "completion_delivery": completion_delivery,
+        });
+        Ok((answer, events))
+    })
+    .await
+}
+
+fn stale(stored: &StoredIntent) -> Value {
+    json!({"ok": true, "applied": false, "reason": "stale_policy_generation", "policy_generation": stored.record.policy_generation()})
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OwnerQuery>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
+    let idempotency =
+        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/resume"), &body)?;
+    let mut fields = Fields::new(body);
+    let approve = fields.boolean("approve_current_step")?.unwrap_or(true);
+    let reason = fields.string("reason")?;
+    let expected_generation = fields.integer("expected_policy_generation", 0)?;
+    fields.string("actor")?;
+    fields.boolean("internal_scheduler")?;
+    // Whatever else the caller sends is the step's input (a task result, a callback payload):
+    // agents put their result fields here, so it is kept rather than refused.
+    let input = fields.into_rest();
+    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+        if let Some(expected) = expected_generation
+            && expected != stored.record.policy_generation()
+        {
+            return Ok((stale(stored), vec![]));
+        }
+        let details = json!({"resumed": true, "approved": approve, "reason": reason, "input": input});
+        let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
+        let answer = json!({
+            "ok": true,
+            "applied": outcome.applied,
+            "reason": outcome.reason,
+            "policy_generation": stored.record.policy_generation(),
+            "intent": views::intent(stored),
+        });
+        Ok((answer, outcome.events))
+    })
+    .await
+}
+
+pub async fn controls(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OwnerQuery>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    caller.actor(&headers, query.owner_agent.as_deref())?;
+    let idempotency =
+        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/controls"), &body)?;
+    let mut fields = Fields::new(body);
+    let patch = fields
+        .object("controls_patch")?
+        .ok_or_else(|| ApiError::invalid("controls_patch", "is required (a JSON object)"))?;
+    let expected_generation = fields.integer("expected_policy_generation", 0)?;
+    fields.string("reason")?;
+    fields.string("actor")?;
+    fields.boolean("internal_scheduler")?;
+    fields.finish()?;
+    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+        let update = stored.record.update_policy(expected_generation, Some(&patch), None, None, &now_rfc3339())?;
+        Ok((policy_answer(update), vec![]))
+    })
+    .await
+}
+
+pub async fn policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OwnerQuery>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    caller.actor(&headers, query.owner_agent.as_deref())?;
+    let idempotency =
+        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/policy"), &body)?;
+    let mut fields = Fields::new(body);
+    let grants = fields.object("grants_patch")?;
+    let envelope = fields.object("envelope_patch")?;
+    if grants.is_none() && envelope.is_none() {
+        return Err(ApiError::invalid("grants_patch", "grants_patch or envelope_patch is required"));
+    }
+    let expected_generation = fields.integer("expected_policy_generation", 0)?;
+    fields.string("reason")?;
+    fields.string("actor")?;
+    fields.boolean("internal_scheduler")?;
+    fields.finish()?;
+    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+        let update = stored.record.update_policy(
+            expected_generation,
+            None,
+            grants.as_ref(),
+            envelope.as_ref(),
+            &now_rfc3339(),
+        )?;
+        Ok((policy_answer(update), vec![]))
+    })
+    .await
+}
+
+fn policy_answer(update: crate::intent::PolicyUpdate) -> Value {
+    let reason = (!update.applied).then_some("stale_policy_generation");
+    json!({"ok": true, "applied": update.applied, "reason": reason, "policy_generation": update.policy_generation})
+}
+
+/// The handler reports progress: ACKNOWLEDGED, IN_PROGRESS, or WAITING with a reason.
+/// Terminal outcomes go through `resolve`; DELIVERED is recorded by the node itself.
+pub async fn transition(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<OwnerQuery>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
+    let idempotency =
+        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/transition"), &body)?;
+    let mut fields = Fields::new(body);
+    let status: Status =
+        fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
+    if !matches!(status, Status::Acknowledged | Status::InProgress | Status::Waiting) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "status_not_settable",
+            format!(
+                "status: {status} cannot be set here; use ACKNOWLEDGED, IN_PROGRESS or WAITING, and POST .../resolve for COMPLETED, FAILED or CANCELED"
+            ),
+        ));
+    }
+    let waiting_reason: Option<WaitingReason> = fields
+        .string("waiting_reason")?
+        .map(|raw| raw.parse())
+        .transpose()
+        .map_err(|error| ApiError::invalid("waiting_reason", error))?;
+    let details = fields.object("details")?.map(Value::Object).unwrap_or_else(|| json!({}));
+    fields.finish()?;
+    operate(&state, caller, &id, idempotency, move |caller, stored| {
+        require_handler(caller, stored, "report progress on this intent")?;
+        let event = stored.record.transition(status, waiting_reason, Some(&actor), details, &now_rfc3339())?;
+        let answer = json!({"ok": true, "intent": views::intent(stored), "event": views::event(&event)});
+        Ok((answer, vec![event]))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    to_agent: Option<String>,
+    from_agent: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/intents`: with `status=pending&to_agent=`, the poll binding (leases what it returns);
+/// otherwise a listing of an agent's received or sent intents, optionally by status.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = query_number("limit", query.limit.as_deref(), 50, MAX_LIST_PAGE as u64)?.max(1) as usize;
+    let parse = |name: &str, raw: &Option<String>| -> ApiResult<Option<AgentAddress>> {
+        raw.as_deref()
+            .map(|raw| AgentAddress::parse_lenient(raw).map_err(|error| ApiError::invalid(name, error)))
+            .transpose()
+    };
+    let to_agent = parse("to_agent", &query.to_agent)?;
+    let from_agent = parse("from_agent", &query.from_agent)?;
+    if query.status.as_deref() == Some("pending") {
+        let agent = to_agent
+            .ok_or_else(|| ApiError::invalid("to_agent", "is required with status=pending (the agent that polls)"))?;
+        caller.require("to_agent", &agent)?;
+        return poll(&state, agent, limit).await;
+    }
+    let statuses = parse_statuses(query.status.as_deref())?;
+    let (feed, agent, field) = match (to_agent, from_agent) {
+        (Some(agent), None) => (Feed::Received, agent, "to_agent"),
+        (None, Some(agent)) => (Feed::Sent, agent, "from_agent"),
+        _ => return Err(ApiError::invalid("to_agent", "give exactly one of to_agent or from_agent")),
+    };
+    caller.require(field, &agent)?;
+    let after = query_number("after", query.after.as_deref(), 0, u64::MAX)?;
+    let mut intents = Vec::new();
+    let mut cursor = after;
+    'pages: loop {
+        let page = state.store().feed(feed, agent.as_str(), cursor, MAX_LIST_PAGE)?;
+        for entry in &page {
+            cursor = entry.cursor;
+            if let Some(stored) = state.store().intent(entry.intent_id)?
+                && statuses.as_ref().is_none_or(|wanted| wanted.contains(&stored.record.status()))
+            {
+                intents.push(views::intent(&stored));
+                if intents.len() == limit {
+                    break 'pages;
+                }
+            }
+        }
+        if page.len() < MAX_LIST_PAGE {
+            break;
+        }
+    }
+    let next_cursor = (intents.len() == limit).then_some(cursor);
+    Ok(Json(json!({"ok": true, "intents": intents, "next_cursor": next_cursor})))
+}
+
+/// Parses a comma-separated status filter.
+pub fn parse_statuses(raw: Option<&str>) -> ApiResult<Option<Vec<Status>>> {
+    raw.filter(|raw| !raw.trim().is_empty())
+        .map(|raw| {
+            raw.split(',')
+                .map(|name| name.parse::<Status>().map_err(|error| ApiError::invalid("status", error)))
+                .collect()
+        })
+        .transpose()
+}
+
+/// Hands out intents that wait for pickup and are not leased, leasing each for the configured
+/// time and recording `intent.delivered` on first hand-out. An intent not acknowledged before
+/// its lease ends is handed out again.
+async fn poll(state: &AppState, agent: AgentAddress, limit: usize) -> ApiResult<Json<Value>> {
+    let now_ms = now_unix_ms();
+    let mut candidates = Vec::new();
+    let mut cursor = 0;
+    'scan: loop {
+        let page = state.store().feed(Feed::Open, agent.as_str(), cursor, MAX_LIST_PAGE)?;
+        for entry in &page {
+            cursor = entry.cursor;
+            let Some(stored) = state.store().intent(entry.intent_id)? else { continue };
+            if stored.record.awaits_pickup()
+                && state.store().lease(entry.intent_id)?.is_none_or(|until| until <= now_ms)
+            {
+                candidates.push(entry.intent_id);
+                if candidates.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if page.len() < MAX_LIST_PAGE {
+            break;
+        }
+    }
+    let lease_ms = state.config().limits.poll_lease_seconds * 1000;
+    let leased = state
+        .store()
+        .write(move |txn| -> ApiResult<Vec<Value>> {
+            let mut leased = Vec::with_capacity(candidates.len());
+            for id in candidates {
+                let Some(mut stored) = txn.intent(id)? else { continue };
+                // Re-checked inside the write: another poller may have taken it meanwhile.
+                if !stored.record.awaits_pickup() || txn.lease(id)?.is_some_and(|until| until > now_ms) {
+                    continue;
+                }
+                txn.set_lease(id, now_ms + lease_ms);
+                let events = record_delivery(&mut stored, "poll")?;
+                txn.update_intent(&stored, &events)?;
+                leased.push(views::intent(&stored));
+            }
+            Ok(leased)
+        })
+        .await?;
+    Ok(Json(json!({"ok": true, "intents": leased, "lease_seconds": lease_ms / 1000})))
+}
+
+/// Records `intent.delivered` the first time an intent is handed to its handler.
+fn record_delivery(stored: &mut StoredIntent, binding: &'static str) -> ApiResult<Vec<LifecycleEvent>> {
+    if stored.record.status() != Status::Submitted {
+        return Ok(Vec::new());
+    }
+    let actor = format!("node:{binding}");
+    let event =
+        stored.record.transition(Status::Delivered, None, Some(&actor), json!({"binding": binding}), &now_rfc3339())?;
+    Ok(vec![event])
+}
+
+/// Records a hand-out through `binding` and returns the intent as it now stands.
+pub(super) async fn deliver(state: &AppState, id: Uuid, binding: &'static str) -> ApiResult<Option<StoredIntent>> {
+    state
+        .store()
+        .write(move |txn| {
+            let Some(mut stored) = txn.intent(id)? else { return Ok(None) };
+            let events = record_delivery(&mut stored, binding)?;
+            if !events.is_empty() {
+                txn.update_intent(&stored, &events)?;
+            }
+            Ok(Some(stored))
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_intent_type;
+
+    #[test]
+    fn intent_types_follow_the_create_grammar() {
+        for good in ["intent.demo.v1", "intent.approval.demo.v1", "finance.approve_payment.v12"] {
+            assert!(is_valid_intent_type(good), "{good}");
+        }
+        for bad in ["task.v1", "Intent.demo.v1", "intent.demo", "intent..demo.v1", "intent.demo.v", "intent.demo.vx"] {
+            assert!(!is_valid_intent_type(bad), "{bad}");
+        }
+    }
+}

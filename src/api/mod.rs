@@ -1,0 +1,99 @@
+//! The HTTP API, compatible with the AXME public API as the official SDKs use it.
+//!
+//! Owns routing, extraction, authentication and the JSON shapes of answers. Lifecycle rules are
+//! `crate::intent`'s, persistence is `crate::store`'s; handlers glue the two.
+
+mod admin;
+mod agents;
+mod error;
+mod extract;
+mod intents;
+mod limit;
+mod streams;
+mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tracing::Instrument;
+
+pub use error::{ApiError, ApiResult};
+
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    config: Config,
+    limiter: limit::RateLimiter,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: Config) -> Self {
+        let limiter = limit::RateLimiter::new(config.limits.rate_limit_per_second);
+        AppState(Arc::new(Inner { store, config, limiter }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    fn limiter(&self) -> &limit::RateLimiter {
+        &self.0.limiter
+    }
+
+    /// Bodies may carry a payload of the configured size plus the envelope around it.
+    fn body_limit(&self) -> usize {
+        self.0.config.limits.max_payload_bytes.saturating_mul(2).saturating_add(64 * 1024)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(agents::health))
+        .route("/v1/capabilities", get(agents::capabilities))
+        .route("/v1/intents", post(intents::create).get(intents::list))
+        .route("/v1/intents/{id}", get(intents::get))
+        .route("/v1/intents/{id}/events", get(intents::events))
+        .route("/v1/intents/{id}/events/stream", get(streams::intent_events))
+        .route("/v1/intents/{id}/resolve", post(intents::resolve))
+        .route("/v1/intents/{id}/resume", post(intents::resume))
+        .route("/v1/intents/{id}/controls", post(intents::controls))
+        .route("/v1/intents/{id}/policy", post(intents::policy))
+        .route("/v1/intents/{id}/transition", post(intents::transition))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{*address}", get(agents::get_or_listen))
+        .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/admin/keys/{key_id}/revoke", post(admin::revoke_key))
+        .fallback(|| async { ApiError::not_found("route") })
+        // Bodies are read by `JsonBody`, which applies the node's own limit and answers 413 in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(trace_headers))
+        .with_state(state)
+}
+
+/// Echoes `X-Trace-Id` and gives every answer an `x-request-id`.
+async fn trace_headers(request: Request, next: Next) -> Response {
+    let trace_id = request.headers().get("x-trace-id").cloned();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), %request_id);
+    let mut response = next.run(request).instrument(span).await;
+    let headers = response.headers_mut();
+    if let Some(trace_id) = trace_id {
+        headers.insert("x-trace-id", trace_id);
+    }
+    headers.insert("x-request-id", HeaderValue::from_str(&request_id).expect("a UUID is a valid header value"));
+    response
+}

@@ -1,0 +1,205 @@
+//! Server-sent event streams: an intent's lifecycle (`observe`) and an agent's deliveries
+//! (`listen`). Both replay from `since`, hold for `wait_seconds`, then send `stream.timeout`
+//! and close, as the SDK expects; both wake on commit notices, never on uncommitted data.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::Caller;
+use super::intents::{deliver, parse_statuses, query_number};
+use super::views;
+use crate::address::AgentAddress;
+use crate::intent::Status;
+use crate::store::{CommitNotice, Feed, Store};
+
+const DEFAULT_WAIT_SECONDS: u64 = 15;
+const MAX_WAIT_SECONDS: u64 = 60;
+const PAGE: usize = 256;
+
+type SseStream = Sse<axum::response::sse::KeepAliveStream<ReceiverStream<Result<Event, Infallible>>>>;
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    since: Option<String>,
+    wait_seconds: Option<String>,
+    status: Option<String>,
+}
+
+impl StreamQuery {
+    fn since(&self) -> ApiResult<u64> {
+        query_number("since", self.since.as_deref(), 0, u64::MAX)
+    }
+
+    /// `wait_seconds` within 1..=60 (0 is read as 1: the SDK clamps it to its time left).
+    fn wait(&self) -> ApiResult<Duration> {
+        let seconds =
+            query_number("wait_seconds", self.wait_seconds.as_deref(), DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)?;
+        Ok(Duration::from_secs(seconds.max(1)))
+    }
+}
+
+fn sse(frames: mpsc::Receiver<Result<Event, Infallible>>) -> SseStream {
+    Sse::new(ReceiverStream::new(frames)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+fn timeout_frame(next_seq: u64) -> Event {
+    Event::default().event("stream.timeout").data(json!({"ok": true, "next_seq": next_seq}).to_string())
+}
+
+/// Waits until a notice that `relevant` accepts arrives (or notices were lost), or the deadline.
+/// Returns false at the deadline or when the store closed.
+async fn wait_for_news(
+    notices: &mut broadcast::Receiver<std::sync::Arc<CommitNotice>>,
+    deadline: Instant,
+    relevant: impl Fn(&CommitNotice) -> bool,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = sleep_until(deadline) => return false,
+            received = notices.recv() => match received {
+                Ok(notice) if relevant(&notice) => return true,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+        }
+    }
+}
+
+pub async fn intent_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<StreamQuery>,
+) -> ApiResult<SseStream> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("invalid_intent_id", format!("{id:?} is not an intent id (a UUID)")))?;
+    let since = query.since()?;
+    let wait = query.wait()?;
+    match state.store().intent(id)? {
+        Some(stored) if caller.can_see(&stored.record) => {}
+        _ => return Err(ApiError::not_found(format_args!("intent {id}"))),
+    }
+    let (frames, receiver) = mpsc::channel(64);
+    let store = state.store().clone();
+    tokio::spawn(async move {
+        if let Err(error) = pump_intent_events(&store, id, since, wait, &frames).await {
+            tracing::warn!(%error, intent_id = %id, "intent event stream ended early");
+        }
+    });
+    Ok(sse(receiver))
+}
+
+async fn pump_intent_events(
+    store: &Store,
+    id: Uuid,
+    since: u64,
+    wait: Duration,
+    frames: &mpsc::Sender<Result<Event, Infallible>>,
+) -> Result<(), crate::store::StoreError> {
+    let deadline = Instant::now() + wait;
+    // Subscribed before the backlog is read, so nothing committed in between is missed.
+    let mut notices = store.subscribe();
+    let key = id.to_string();
+    let mut last = since;
+    loop {
+        let events = store.events(id, last, PAGE)?;
+        let mut terminal = false;
+        for event in &events {
+            last = event.seq;
+            terminal |= event.is_terminal();
+            let frame = Event::default()
+                .id(event.seq.to_string())
+                .event(event.event_type.as_str())
+                .data(views::event(event).to_string());
+            if frames.send(Ok(frame)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if events.len() == PAGE {
+            continue;
+        }
+        let finished = terminal
+            || store
+                .intent(id)?
+                .is_some_and(|stored| stored.record.status().is_terminal() && stored.record.seq() <= last);
+        if finished || !wait_for_news(&mut notices, deadline, |notice| notice.intents.contains(&key)).await {
+            break;
+        }
+    }
+    let _ = frames.send(Ok(timeout_frame(last))).await;
+    Ok(())
+}
+
+pub async fn listen(state: AppState, caller: Caller, agent: AgentAddress, query: StreamQuery) -> ApiResult<SseStream> {
+    caller.require("address", &agent)?;
+    let since = query.since()?;
+    let wait = query.wait()?;
+    let statuses = parse_statuses(query.status.as_deref())?;
+    let (frames, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        if let Err(error) = pump_listen(&state, &agent, since, wait, statuses, &frames).await {
+            tracing::warn!(error = ?error.code(), %agent, "listen stream ended early");
+        }
+    });
+    Ok(sse(receiver))
+}
+
+async fn pump_listen(
+    state: &AppState,
+    agent: &AgentAddress,
+    since: u64,
+    wait: Duration,
+    statuses: Option<Vec<Status>>,
+    frames: &mpsc::Sender<Result<Event, Infallible>>,
+) -> ApiResult<()> {
+    let deadline = Instant::now() + wait;
+    let mut notices = state.store().subscribe();
+    let wants = |status: Status| statuses.as_ref().map_or(!status.is_terminal(), |wanted| wanted.contains(&status));
+    // Terminal intents leave the open feed, so a filter that asks for them reads the full one.
+    let feed = if statuses.as_ref().is_some_and(|wanted| wanted.iter().any(|s| s.is_terminal())) {
+        Feed::Received
+    } else {
+        Feed::Open
+    };
+    let mut last = since;
+    loop {
+        let entries = state.store().feed(feed, agent.as_str(), last, PAGE)?;
+        for entry in &entries {
+            last = entry.cursor;
+            let Some(mut stored) = state.store().intent(entry.intent_id)? else { continue };
+            if !wants(stored.record.status()) {
+                continue;
+            }
+            if stored.record.status() == Status::Submitted {
+                stored = deliver(state, entry.intent_id, "stream").await?.unwrap_or(stored);
+            }
+            let frame = Event::default()
+                .id(entry.cursor.to_string())
+                .event(views::frame_name(stored.record.status()))
+                .data(views::delivery(&stored).to_string());
+            if frames.send(Ok(frame)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if entries.len() == PAGE {
+            continue;
+        }
+        if !wait_for_news(&mut notices, deadline, |notice| notice.agents.contains(agent.as_str())).await {
+            break;
+        }
+    }
+    let _ = frames.send(Ok(timeout_frame(last))).await;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The node's configuration: one TOML file (`axp.toml`) plus `AXP_*` environment overrides.
+//!
+//! Owns parsing, defaults and validation. It does not open anything the config names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "axp.toml";
+/// The idempotency window may not be shorter than this (AXP spec §3.2).
+const MIN_IDEMPOTENCY_TTL_HOURS: u64 = 24;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The organisation this node serves: `agent://<org>/...` addresses are local.
+    pub org: String,
+    /// Where the HTTP API listens. Loopback unless the operator says otherwise.
+    pub listen: SocketAddr,
+    /// The data dir; relative paths are relative to the config file.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted intent `payload`, in bytes of JSON.
+    pub max_payload_bytes: usize,
+    pub idempotency_ttl_hours: u64,
+    /// Requests per second per API key; 0 turns rate limiting off.
+    pub rate_limit_per_second: u32,
+    /// How long an intent handed out by a poll stays leased to that poller.
+    pub poll_lease_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 128 * 1024,
+            idempotency_ttl_hours: 72,
+            rate_limit_per_second: 0,
+            poll_lease_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `axp=debug`.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Config {
+    /// A working configuration for a new data dir.
+    pub fn new(org: &str, listen: SocketAddr) -> Config {
+        Config {
+            node: NodeSection { org: org.to_owned(), listen, data_dir: PathBuf::from(".") },
+            limits: Limits::default(),
+            log: LogSection::default(),
+        }
+    }
+
+    /// Reads `path`, applies `AXP_*` overrides from `env`, resolves the data dir and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })?;
+        config.apply_env(env)?;
+        if config.node.data_dir.is_relative() {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            config.node.data_dir = base.join(&config.node.data_dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = env("AXP_LISTEN") {
+            self.node.listen = listen.parse().map_err(|_| ConfigError::Invalid {
+                field: "AXP_LISTEN",
+                message: format!("{listen:?} is not host:port"),
+            })?;
+        }
+        if let Some(dir) = env("AXP_DATA_DIR") {
+            self.node.data_dir = PathBuf::from(dir);
+        }
+        if let Some(format) = env("AXP_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        field: "AXP_LOG_FORMAT",
+                        message: format!("{other:?} is neither text nor json"),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::address::AgentAddress::parse(&format!("agent://{}/x", self.node.org))
+            .map_err(|error| ConfigError::Invalid { field: "node.org", message: error.to_string() })?;
+        if self.limits.idempotency_ttl_hours < MIN_IDEMPOTENCY_TTL_HOURS {
+            return Err(ConfigError::Invalid {
+                field: "limits.idempotency_ttl_hours",
+                message: format!("must be at least {MIN_IDEMPOTENCY_TTL_HOURS}"),
+            });
+        }
+        if self.limits.max_payload_bytes == 0 || self.limits.poll_lease_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                field: "limits",
+                message: "max_payload_bytes and poll_lease_seconds must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn round_trips_and_resolves_the_data_dir_next_to_the_file() {
+        let config = Config::new("acme", "127.0.0.1:7400".parse().unwrap());
+        let (dir, path) = write(&config.to_toml());
+        let loaded = Config::load(&path, |_| None).unwrap();
+        assert_eq!(loaded.node.data_dir, dir.path().join("."));
+        assert_eq!(loaded.limits.max_payload_bytes, 128 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_win_and_bad_values_are_named() {
+        let (_dir, path) = write(&Config::new("acme", "127.0.0.1:7400".parse().unwrap()).to_toml());
+        let loaded = Config::load(&path, |name| (name == "AXP_LISTEN").then(|| "127.0.0.1:9".to_owned())).unwrap();
+        assert_eq!(loaded.node.listen.port(), 9);
+        let error = Config::load(&path, |name| (name == "AXP_LISTEN").then(|| "nowhere".to_owned())).unwrap_err();
+        assert!(error.to_string().contains("AXP_LISTEN"), "{error}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_orgs_are_refused() {
+        let (_dir, path) = write("[node]\norg = \"acme\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \".\"\ntypo = 1\n");
+        assert!(matches!(Config::load(&path, |_| None), Err(ConfigError::Parse { .. })));
+        let (_dir, path) = write("[node]\norg = \"Not Valid\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \".\"\n");
+        assert!(matches!(Config::load(&path, |_| None), Err(ConfigError::Invalid { field: "node.org", .. })));
+        let (_dir, path) = write(
+            "[node]\norg = \"acme\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \".\"\n[limits]\nidempotency_ttl_hours = 1\n",
+        );
+        assert!(matches!(
+            Config::load(&path, |_| None),
+            Err(ConfigError::Invalid { field: "limits.idempotency_ttl_hours", .. })
+        ));
+    }
+}

@@ -1,0 +1,22 @@
+//! axp: a node for AXP, the Intent Protocol.
+//!
+//! A tour of the crate:
+//! - [`address`]: agent address syntax.
+//! - [`intent`]: the lifecycle domain (statuses, transitions, events, the intent record), no I/O.
+//! - [`auth`]: API keys and address authority, no I/O.
+//! - [`registry`]: signed org records and route resolution.
+//! - [`store`]: sled, the group-commit writer, key layout, idempotency.
+//! - [`api`]: the HTTP API (axum).
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration file.
+//! - [`client`]: a small HTTP client for the CLI and the benchmark.
+
+pub mod address;
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod intent;
+pub mod node;
+pub mod registry;
+pub mod store;

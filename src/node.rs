@@ -1,0 +1,131 @@
+//! Running a node: creating its data dir, opening the store, serving the API until shutdown,
+//! and the upkeep tasks that keep stored state within its limits.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::address::AddressPattern;
+use crate::api::{self, AppState};
+use crate::auth::issue_key;
+use crate::clock::{now_rfc3339, now_unix_ms};
+use crate::config::{CONFIG_FILE, Config};
+use crate::store::{Store, StoreError};
+
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path} already holds a node configuration; use it, or pick another --data-dir")]
+    AlreadyInitialised { path: PathBuf },
+    #[error("cannot listen on {addr}: {source} (is another process using this port?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct Initialised {
+    pub config_path: PathBuf,
+    pub admin_key_path: PathBuf,
+    pub admin_token: String,
+}
+
+/// Creates a data dir with a working `axp.toml`, an empty store and a first admin key.
+pub async fn init(data_dir: &Path, listen: SocketAddr, org: &str) -> Result<Initialised, NodeError> {
+    let config_path = data_dir.join(CONFIG_FILE);
+    if config_path.exists() {
+        return Err(NodeError::AlreadyInitialised { path: config_path });
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| NodeError::Write { path: data_dir.to_owned(), source })?;
+    let (store, writer) = Store::open(data_dir)?;
+    let issued = issue_key("admin", vec![AddressPattern::parse("*").expect("* is a pattern")], true, &now_rfc3339());
+    let record = issued.record.clone();
+    store
+        .write(move |txn| -> Result<(), StoreError> {
+            txn.put_api_key(&record);
+            Ok(())
+        })
+        .await?;
+    drop(store);
+    writer.finished().await;
+    let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
+    write_private(&admin_key_path, format!("{}\n", issued.token).as_bytes())?;
+    let config = Config::new(org, listen);
+    // Written last: its presence marks a complete data dir.
+    write_private(&config_path, config.to_toml().as_bytes())?;
+    Ok(Initialised { config_path, admin_key_path, admin_token: issued.token })
+}
+
+/// Writes a new file readable by its owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
+    let error = |source| NodeError::Write { path: path.to_owned(), source };
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(error)?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(error)
+}
+
+/// Serves the node until `shutdown` resolves, then drains in-flight requests and flushes the
+/// store. `on_ready` hears the bound address once the node accepts connections.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), NodeError> {
+    let (store, writer) = Store::open(&config.node.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.node.listen)
+        .await
+        .map_err(|source| NodeError::Bind { addr: config.node.listen, source })?;
+    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let ttl_ms = config.limits.idempotency_ttl_hours * 3_600_000;
+    let sweeper = tokio::spawn(sweep_idempotency(store.clone(), ttl_ms));
+    let router = api::router(AppState::new(store, config));
+    on_ready(addr);
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    let _ = sweeper.await;
+    // The router (and with it every store handle) is gone: the writer drains and flushes.
+    writer.finished().await;
+    served.map_err(NodeError::Serve)
+}
+
+/// Forgets idempotency records older than the TTL, in small batches.
+async fn sweep_idempotency(store: Store, ttl_ms: u64) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let cutoff = now_unix_ms().saturating_sub(ttl_ms);
+        loop {
+            let expired = match store.idempotency_expired(cutoff, 1000) {
+                Ok(expired) if !expired.is_empty() => expired,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency sweep could not read");
+                    break;
+                }
+            };
+            let count = expired.len();
+            let forgotten = store
+                .write(move |txn| -> Result<(), StoreError> {
+                    for record in expired {
+                        txn.idempotency_forget(record)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            match forgotten {
+                Ok(()) => tracing::debug!(count, "forgot expired idempotency records"),
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency sweep could not write");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The shared registry: signed org records, verification and deterministic route resolution.

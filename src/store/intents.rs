@@ -1,0 +1,167 @@
+//! Intents, their event logs and the per-agent feeds that index them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Store, StoreError, Txn, decode};
+use crate::intent::{IntentRecord, LifecycleEvent};
+
+const FEED_COUNTER: &[u8] = b"m/feed_cursor";
+
+/// An intent as stored: the domain record plus where it sits in the agent feeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredIntent {
+    /// Position in the handler's feed; increases across intents (the `listen` cursor).
+    pub cursor: u64,
+    pub record: IntentRecord,
+}
+
+/// One intent in an agent feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedEntry {
+    pub cursor: u64,
+    pub intent_id: Uuid,
+}
+
+/// Which index of an agent's intents to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Every intent ever addressed to the agent.
+    Received,
+    /// Intents addressed to the agent that are not terminal yet.
+    Open,
+    /// Intents the agent sent.
+    Sent,
+}
+
+impl Feed {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Feed::Received => b"f/",
+            Feed::Open => b"o/",
+            Feed::Sent => b"s/",
+        }
+    }
+}
+
+fn intent_key(id: Uuid) -> Vec<u8> {
+    [b"i/".as_slice(), id.as_bytes()].concat()
+}
+
+fn event_key(id: Uuid, seq: u64) -> Vec<u8> {
+    [b"e/".as_slice(), id.as_bytes(), &seq.to_be_bytes()].concat()
+}
+
+fn lease_key(id: Uuid) -> Vec<u8> {
+    [b"l/".as_slice(), id.as_bytes()].concat()
+}
+
+fn feed_prefix(feed: Feed, agent: &str) -> Vec<u8> {
+    [feed.prefix(), agent.as_bytes(), &[0]].concat()
+}
+
+fn feed_key(feed: Feed, agent: &str, cursor: u64) -> Vec<u8> {
+    [feed_prefix(feed, agent).as_slice(), &cursor.to_be_bytes()].concat()
+}
+
+fn parse_id(record: &IntentRecord) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(&record.intent_id)
+        .map_err(|_| StoreError::Corrupt(format!("intent id {:?} is not a UUID", record.intent_id)))
+}
+
+impl Txn<'_> {
+    pub fn intent(&self, id: Uuid) -> Result<Option<StoredIntent>, StoreError> {
+        self.get_json(&intent_key(id))
+    }
+
+    /// Stores a new intent with its first events and indexes it in the agents' feeds.
+    pub fn insert_intent(
+        &mut self,
+        record: IntentRecord,
+        events: &[LifecycleEvent],
+    ) -> Result<StoredIntent, StoreError> {
+        let id = parse_id(&record)?;
+        let cursor = self.next_counter(FEED_COUNTER)?;
+        let value = id.as_bytes().to_vec();
+        self.put(feed_key(Feed::Received, &record.to_agent, cursor), value.clone());
+        self.put(feed_key(Feed::Sent, &record.from_agent, cursor), value.clone());
+        if !record.status().is_terminal() {
+            self.put(feed_key(Feed::Open, &record.to_agent, cursor), value);
+        }
+        self.notify_agent(&record.to_agent);
+        self.register_agent(&record.to_agent, &record.created_at)?;
+        let stored = StoredIntent { cursor, record };
+        self.update_intent(&stored, events)?;
+        Ok(stored)
+    }
+
+    /// Stores a changed intent and the events the change appended.
+    pub fn update_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
+        let id = parse_id(&stored.record)?;
+        for event in events {
+            self.put_json(event_key(id, event.seq), event);
+        }
+        if stored.record.status().is_terminal() {
+            self.remove(feed_key(Feed::Open, &stored.record.to_agent, stored.cursor));
+            self.remove(lease_key(id));
+        }
+        self.put_json(intent_key(id), stored);
+        self.notify_intent(&stored.record.intent_id);
+        Ok(())
+    }
+
+    pub fn set_lease(&mut self, id: Uuid, until_ms: u64) {
+        self.put(lease_key(id), until_ms.to_be_bytes().to_vec());
+    }
+
+    pub fn lease(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
+        self.get(&lease_key(id))?.map(|bytes| decode_u64(&bytes)).transpose()
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("expected 8 bytes".into()))
+}
+
+impl Store {
+    pub fn intent(&self, id: Uuid) -> Result<Option<StoredIntent>, StoreError> {
+        self.get_json(&intent_key(id))
+    }
+
+    /// Events with `seq > since`, in order, at most `limit`.
+    pub fn events(&self, id: Uuid, since: u64, limit: usize) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let start = event_key(id, since.saturating_add(1));
+        let end = event_key(id, u64::MAX);
+        self.tree.range(start..=end).take(limit).map(|item| decode(&item?.1)).collect()
+    }
+
+    /// Entries of an agent feed with `cursor > after`, oldest first, at most `limit`.
+    pub fn feed(&self, feed: Feed, agent: &str, after: u64, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        let start = feed_key(feed, agent, after.saturating_add(1));
+        let end = feed_key(feed, agent, u64::MAX);
+        self.tree
+            .range(start..=end)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let cursor = decode_u64(&key[key.len() - 8..])?;
+                let intent_id = Uuid::from_slice(&value)
+                    .map_err(|_| StoreError::Corrupt("feed entry is not an intent id".into()))?;
+                Ok(FeedEntry { cursor, intent_id })
+            })
+            .collect()
+    }
+
+    /// The highest cursor in an agent feed, 0 when empty.
+    pub fn feed_head(&self, feed: Feed, agent: &str) -> Result<u64, StoreError> {
+        let prefix = feed_prefix(feed, agent);
+        match self.tree.scan_prefix(&prefix).next_back() {
+            Some(item) => decode_u64(&item?.0[prefix.len()..]),
+            None => Ok(0),
+        }
+    }
+
+    pub fn lease(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
+        self.tree.get(lease_key(id))?.map(|bytes| decode_u64(&bytes)).transpose()
+    }
+}

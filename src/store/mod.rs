@@ -1,0 +1,149 @@
+//! The sled store: one tree of prefixed keys, written only by the group-commit writer.
+//!
+//! Owns key layout, durability (a change is on disk before its caller hears about it) and the
+//! commit notices that wake streams. It does not decide what a change means: callers bring
+//! closures that use the domain in `crate::intent` and the typed helpers here.
+//!
+//! Key layout (all in one tree so that a batch is atomic):
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `i/` | intent id (16 bytes) | intent record |
+//! | `e/` | intent id, seq (u64 BE) | lifecycle event |
+//! | `f/` | handler address, 0, cursor (u64 BE) | intent id: every intent ever addressed to the agent |
+//! | `o/` | handler address, 0, cursor | intent id: the same, while the intent is not terminal |
+//! | `s/` | initiator address, 0, cursor | intent id: intents an agent sent |
+//! | `l/` | intent id | poll lease expiry (unix ms) |
+//! | `k/` | key id | API key record |
+//! | `d/` | idempotency scope hash | idempotency entry |
+//! | `D/` | created (unix ms BE), scope hash | nothing: expiry index of `d/` |
+//! | `a/` | agent address | agent record |
+//! | `m/` | name | node metadata and counters |
+
+mod agents;
+mod idempotency;
+mod intents;
+mod keys;
+mod txn;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use agents::AgentRecord;
+pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
+pub use intents::{Feed, FeedEntry, StoredIntent};
+pub use txn::{CommitNotice, Txn};
+use writer::Job;
+
+/// How many jobs one commit may carry. Bounds the latency of the first job in a batch.
+const MAX_BATCH: usize = 1024;
+/// Jobs waiting for the writer; beyond this callers are told to back off.
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("data dir {path} is in use by another running node (its store is locked)")]
+    Locked { path: String },
+    #[error("storage failure: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("the writer queue is full; retry shortly")]
+    Overloaded,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        StoreError::Io(error.to_string())
+    }
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Locked { .. } => "data_dir_locked",
+            StoreError::Io(_) => "storage_error",
+            StoreError::Corrupt(_) => "storage_corrupt",
+            StoreError::ShuttingDown => "shutting_down",
+            StoreError::Overloaded => "overloaded",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    tree: sled::Tree,
+    jobs: mpsc::Sender<Job>,
+    commits: broadcast::Sender<Arc<CommitNotice>>,
+}
+
+/// Handle that ends the writer: dropping every [`Store`] clone and awaiting this flushes the
+/// last batch.
+pub struct WriterTask(tokio::task::JoinHandle<()>);
+
+impl WriterTask {
+    pub async fn finished(self) {
+        let _ = self.0.await;
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir` and starts its writer on the current runtime.
+    pub fn open(dir: &Path) -> Result<(Store, WriterTask), StoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new().path(&path).open().map_err(|error| match error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { path: dir.display().to_string() }
+            }
+            other => StoreError::from(other),
+        })?;
+        let tree = db.open_tree("axp")?;
+        let (jobs, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (commits, _) = broadcast::channel(4096);
+        let task = tokio::spawn(writer::run(db, tree.clone(), receiver, commits.clone()));
+        Ok((Store { tree, jobs, commits }, WriterTask(task)))
+    }
+
+    /// Runs `change` in the writer, inside a batch shared with concurrent changes, and returns
+    /// its outcome once the batch is on disk. A change that returns `Err` leaves no trace.
+    pub async fn write<T, E, F>(&self, change: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Txn) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = writer::job(change, reply);
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::ShuttingDown,
+        })?;
+        match answer.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StoreError::ShuttingDown.into()),
+        }
+    }
+
+    /// Notices of committed batches, for streams that wait for news.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitNotice>> {
+        self.commits.subscribe()
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.tree.get(key)?.map(|bytes| decode(&bytes)).transpose()
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialise to JSON")
+}
