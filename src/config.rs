@@ -131,7 +131,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         crate::address::AgentAddress::parse(&format!("agent://{}/x", self.node.org))
             .map_err(|error| ConfigError::Invalid { field: "node.org", message: error.to_string() })?;
         if self.limits.idempotency_ttl_hours < MIN_IDEMPOTENCY_TTL_HOURS {

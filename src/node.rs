@@ -22,6 +22,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("{path} already holds a node configuration; use it, or pick another --data-dir")]
     AlreadyInitialised { path: PathBuf },
     #[error("cannot listen on {addr}: {source} (is another process using this port?)")]
@@ -40,6 +42,8 @@ pub struct Initialised {
 
 /// Creates a data dir with a working `axp.toml`, an empty store and a first admin key.
 pub async fn init(data_dir: &Path, listen: SocketAddr, org: &str) -> Result<Initialised, NodeError> {
+    let config = Config::new(org, listen);
+    config.validate()?;
     let config_path = data_dir.join(CONFIG_FILE);
     if config_path.exists() {
         return Err(NodeError::AlreadyInitialised { path: config_path });
@@ -58,7 +62,6 @@ pub async fn init(data_dir: &Path, listen: SocketAddr, org: &str) -> Result<Init
     writer.finished().await;
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
     write_private(&admin_key_path, format!("{}\n", issued.token).as_bytes())?;
-    let config = Config::new(org, listen);
     // Written last: its presence marks a complete data dir.
     write_private(&config_path, config.to_toml().as_bytes())?;
     Ok(Initialised { config_path, admin_key_path, admin_token: issued.token })
