@@ -8,6 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+
 use crate::address::AddressPattern;
 use crate::api::{self, AppState};
 use crate::auth::issue_key;
@@ -89,6 +91,12 @@ pub async fn run(
     let ttl_ms = config.limits.idempotency_ttl_hours * 3_600_000;
     let sweeper = tokio::spawn(sweep_idempotency(store.clone(), ttl_ms));
     let router = api::router(AppState::new(store, config));
+    // Small SSE frames and answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     on_ready(addr);
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     sweeper.abort();

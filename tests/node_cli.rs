@@ -72,7 +72,7 @@ fn a_second_node_on_the_same_port_or_data_dir_fails_clearly() {
     let init =
         axp(&["node", "init", "--data-dir", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
     assert!(init.status.success());
-    let error = spawn_node(&other.path().join("axp.toml")).err().expect("the port is taken");
+    let error = spawn_node(&other.path().join("axp.toml")).expect_err("the port is taken");
     assert!(error.contains("cannot listen"), "{error}");
 }
 

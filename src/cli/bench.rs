@@ -1,10 +1,259 @@
-//! `axp bench ...`: benchmarks that print figures.
+//! `axp bench local`: measures a fresh node over real HTTP on loopback and prints figures.
+//!
+//! The node runs as its own process (this binary, `node run`) on a new data dir, so the
+//! figures include HTTP, JSON, the group-commit writer and sled's flush to disk.
 
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axp::client::Client;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const INITIATOR: &str = "agent://bench/local/initiator";
+const AGENT: &str = "agent://bench/local/agent";
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Durable creates/s and latency at two concurrencies, and the full local lifecycle latency.
+    Local {
+        /// Creates measured at concurrency 1.
+        #[arg(long, default_value_t = 2_000)]
+        serial_creates: usize,
+        /// Creates measured at the high concurrency.
+        #[arg(long, default_value_t = 40_000)]
+        concurrent_creates: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Lifecycles measured (create, delivered on listen, resolved, seen by the initiator).
+        #[arg(long, default_value_t = 1_000)]
+        lifecycles: usize,
+    },
+}
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        BenchCommand::Local { serial_creates, concurrent_creates, concurrency, lifecycles } => {
+            super::runtime()?.block_on(local(serial_creates, concurrent_creates, concurrency, lifecycles))
+        }
+    }
+}
+
+/// A node process on a temporary data dir, killed on drop.
+struct BenchNode {
+    child: Child,
+    url: String,
+    admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for BenchNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node() -> anyhow::Result<BenchNode> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::Builder::new().prefix("axp-bench-").tempdir_in(bench_tmp())?;
+    let init = Command::new(&exe)
+        .args(["node", "init", "--listen", "127.0.0.1:0", "--org", "bench", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    if !init.status.success() {
+        bail!("node init failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))?.trim().to_owned();
+    let mut child = Command::new(&exe)
+        .args(["node", "run", "--config"])
+        .arg(dir.path().join("axp.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let url = line.trim().strip_prefix("axp node listening on ").context("node did not start")?.to_owned();
+    Ok(BenchNode { child, url, admin_key, _dir: dir })
+}
+
+/// Benchmarks write where the data dir would live: on disk, not on a RAM-backed /tmp.
+fn bench_tmp() -> PathBuf {
+    std::env::var_os("AXP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}
+
+async fn local(serial: usize, concurrent: usize, concurrency: usize, lifecycles: usize) -> anyhow::Result<ExitCode> {
+    let node = start_node()?;
+    let client = Client::new(&node.url, &node.admin_key);
+    print_machine(&node);
+
+    let pid = node.child.id();
+    let cpu = cpu_seconds(pid);
+    let (rate, latencies) = creates(&client, serial, 1).await?;
+    report(&format!("durable creates, concurrency 1, n={serial}"), rate, &latencies);
+    let cpu = cpu_used(pid, cpu, serial);
+    let (rate, latencies) = creates(&client, concurrent, concurrency).await?;
+    report(&format!("durable creates, concurrency {concurrency}, n={concurrent}"), rate, &latencies);
+    let cpu = cpu_used(pid, cpu, concurrent);
+    let latencies = lifecycle(&client, lifecycles).await?;
+    report(&format!("local lifecycle (create -> listen -> resolve -> observed), n={lifecycles}"), 0.0, &latencies);
+    cpu_used(pid, cpu, lifecycles);
+    println!("node peak RSS: {}", peak_rss(node.child.id()).unwrap_or_else(|| "unknown".into()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_machine(node: &BenchNode) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let build = if cfg!(debug_assertions) { "DEBUG build: figures are not representative" } else { "release build" };
+    println!(
+        "axp bench local: {cpus} CPUs ({model}), {build}, node {} on a fresh data dir in {}",
+        node.url,
+        bench_tmp().display()
+    );
+}
+
+fn create_body(index: usize) -> Value {
+    json!({
+        "intent_type": "intent.bench.v1",
+        "correlation_id": uuid::Uuid::new_v4().to_string(),
+        "from_agent": INITIATOR,
+        "to_agent": "agent://bench/local/sink",
+        "payload": {"index": index, "note": "a small payload of a typical size for a task description"},
+    })
+}
+
+async fn creates(client: &Client, total: usize, concurrency: usize) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let sent = Instant::now();
+                client.post("/v1/intents", &create_body(index), None).await?;
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, latencies))
+}
+
+/// One agent listens and resolves each delivery at once; the initiator creates an intent,
+/// follows its event stream and stops the clock at the terminal event.
+async fn lifecycle(client: &Client, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let (deliveries, mut received) = mpsc::unbounded_channel::<String>();
+    let listener = client.clone();
+    let agent_path = AGENT.trim_start_matches("agent://");
+    let listen = tokio::spawn(async move {
+        let mut since = 0u64;
+        loop {
+            let path = format!("/v1/agents/{agent_path}/intents/stream?since={since}&wait_seconds=30");
+            let outcome = listener
+                .stream(&path, |frame| {
+                    if let Ok(data) = serde_json::from_str::<Value>(&frame.data)
+                        && frame.event.starts_with("intent.")
+                    {
+                        since = since.max(data["seq"].as_u64().unwrap_or(0));
+                        let _ = deliveries.send(data["intent_id"].as_str().unwrap_or_default().to_owned());
+                    }
+                    true
+                })
+                .await;
+            if outcome.is_err() {
+                return;
+            }
+        }
+    });
+    let resolver = client.clone();
+    let resolve = tokio::spawn(async move {
+        while let Some(id) = received.recv().await {
+            let body = json!({"status": "COMPLETED", "result": {"ok": true}});
+            if resolver.post(&format!("/v1/intents/{id}/resolve"), &body, None).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut latencies = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut body = create_body(index);
+        body["to_agent"] = json!(AGENT);
+        let started = Instant::now();
+        let created = client.post("/v1/intents", &body, None).await?;
+        let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
+        let mut done = false;
+        while !done {
+            client
+                .stream(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30"), |frame| {
+                    done |= frame.event == "intent.completed";
+                    !done
+                })
+                .await?;
+        }
+        latencies.push(started.elapsed());
+    }
+    listen.abort();
+    resolve.abort();
+    Ok(latencies)
+}
+
+fn report(what: &str, rate: f64, latencies: &[Duration]) {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let at = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let rate = if rate > 0.0 { format!("{rate:>9.0}/s  ") } else { String::new() };
+    println!("{what:<72} {rate}p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms", ms(at(0.5)), ms(at(0.99)), ms(at(1.0)));
+}
+
+/// The node's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |both| both.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+/// Prints the node's CPU time per operation since `before` and returns the new total.
+fn cpu_used(pid: u32, before: f64, operations: usize) -> f64 {
+    let now = cpu_seconds(pid);
+    println!(
+        "{:<72} node CPU {:.2} s, {:.0} µs per operation",
+        "",
+        now - before,
+        (now - before) * 1e6 / operations as f64
+    );
+    now
+}
+
+fn peak_rss(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|line| line.starts_with("VmHWM"))
+        .map(|line| line.trim_start_matches("VmHWM:").trim().to_owned())
 }
