@@ -77,13 +77,20 @@ impl AgentAddress {
         without_scheme.split('/').next().unwrap_or_default()
     }
 
+    /// Whether `self` lies under `prefix` on a path-segment boundary: `agent://o/sales` covers
+    /// itself and `agent://o/sales/bot`, but not `agent://o/salesforce`.
+    pub fn is_under(&self, prefix: &AgentAddress) -> bool {
+        self.0.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     /// The address without `agent://`, as it appears in `/v1/agents/{address}` paths.
     pub fn path_form(&self) -> &str {
         &self.0[SCHEME.len()..]
     }
 }
 
-fn is_valid_org(org: &str) -> bool {
+/// Whether `org` is a valid org name: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn is_valid_org(org: &str) -> bool {
     let mut chars = org.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && org.len() <= 63
@@ -92,6 +99,20 @@ fn is_valid_org(org: &str) -> bool {
 
 fn is_segment_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-')
+}
+
+impl AddressError {
+    /// Stable machine code, shared by every variant: callers answer all of them the same way.
+    pub fn code(&self) -> &'static str {
+        "invalid_agent_address"
+    }
+}
+
+impl std::str::FromStr for AgentAddress {
+    type Err = AddressError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
 }
 
 impl fmt::Display for AgentAddress {
@@ -200,6 +221,16 @@ mod tests {
         assert_eq!(AgentAddress::parse("agent://acme/b ot"), Err(AddressError::BadSegment("b ot".into())));
         let long = format!("agent://acme/{}", "a".repeat(MAX_ADDRESS_LEN));
         assert_eq!(AgentAddress::parse(&long), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn is_under_respects_segment_boundaries() {
+        let prefix = AgentAddress::parse("agent://o/sales").unwrap();
+        for (address, under) in
+            [("agent://o/sales", true), ("agent://o/sales/bot", true), ("agent://o/salesforce", false)]
+        {
+            assert_eq!(AgentAddress::parse(address).unwrap().is_under(&prefix), under, "{address}");
+        }
     }
 
     #[test]
