@@ -19,6 +19,16 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogSection,
+    /// The shared registry; without it the node is standalone and every address is local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry directory (`root.json`, `orgs/`); relative paths are relative to the config file.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +98,7 @@ impl Config {
             node: NodeSection { org: org.to_owned(), listen, data_dir: PathBuf::from(".") },
             limits: Limits::default(),
             log: LogSection::default(),
+            registry: None,
         }
     }
 
@@ -98,9 +109,12 @@ impl Config {
         let mut config: Config = toml::from_str(&text)
             .map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })?;
         config.apply_env(env)?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if config.node.data_dir.is_relative() {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             config.node.data_dir = base.join(&config.node.data_dir);
+        }
+        if let Some(registry) = config.registry.as_mut().filter(|registry| registry.dir.is_relative()) {
+            registry.dir = base.join(&registry.dir);
         }
         config.validate()?;
         Ok(config)
@@ -115,6 +129,9 @@ impl Config {
         }
         if let Some(dir) = env("AXP_DATA_DIR") {
             self.node.data_dir = PathBuf::from(dir);
+        }
+        if let Some(dir) = env("AXP_REGISTRY_DIR") {
+            self.registry = Some(RegistrySection { dir: PathBuf::from(dir) });
         }
         if let Some(format) = env("AXP_LOG_FORMAT") {
             self.log.format = match format.as_str() {

@@ -4,7 +4,8 @@
 //! - [`address`]: agent address syntax.
 //! - [`intent`]: the lifecycle domain (statuses, transitions, events, the intent record), no I/O.
 //! - [`auth`]: API keys and address authority, no I/O.
-//! - [`registry`]: signed org records and route resolution.
+//! - [`registry`]: signed org records and route resolution, pure; [`routing`]: the node's
+//!   copy of the registry and its reloads.
 //! - [`store`]: sled, the group-commit writer, key layout, idempotency.
 //! - [`api`]: the HTTP API (axum).
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration file.
@@ -19,4 +20,5 @@ pub mod config;
 pub mod intent;
 pub mod node;
 pub mod registry;
+pub mod routing;
 pub mod store;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -15,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::auth::issue_key;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::config::{CONFIG_FILE, Config};
+use crate::routing::Routing;
 use crate::store::{Store, StoreError};
 
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -89,8 +91,13 @@ pub async fn run(
         .map_err(|source| NodeError::Bind { addr: config.node.listen, source })?;
     let addr = listener.local_addr().map_err(NodeError::Serve)?;
     let ttl_ms = config.limits.idempotency_ttl_hours * 3_600_000;
-    let sweeper = tokio::spawn(sweep_idempotency(store.clone(), ttl_ms));
-    let router = api::router(AppState::new(store, config));
+    let routing = Arc::new(match &config.registry {
+        Some(registry) => Routing::with_registry(&config.node.org, registry.dir.clone(), &store).await?,
+        None => Routing::standalone(&config.node.org),
+    });
+    let upkeep =
+        [tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)), tokio::spawn(routing.clone().watch(store.clone()))];
+    let router = api::router(AppState::new(store, config, routing));
     // Small SSE frames and answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -99,8 +106,10 @@ pub async fn run(
     });
     on_ready(addr);
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
-    sweeper.abort();
-    let _ = sweeper.await;
+    for task in upkeep {
+        task.abort();
+        let _ = task.await;
+    }
     // The router (and with it every store handle) is gone: the writer drains and flushes.
     writer.finished().await;
     served.map_err(NodeError::Serve)

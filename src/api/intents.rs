@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -14,6 +14,7 @@ use super::views;
 use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::intent::{IntentRecord, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
+use crate::routing::Route;
 use crate::store::{Feed, IdempotencyCheck, IdempotencyScope, StoredIntent, Txn, canonical_hash};
 
 /// Most events one `GET .../events` returns; callers page on with `since`.
@@ -132,6 +133,7 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
         return Err(ApiError::invalid("correlation_id", "must be at most 255 characters"));
     }
     let to_agent = fields.address("to_agent")?.ok_or_else(|| ApiError::invalid("to_agent", "is required"))?;
+    check_route(state, &to_agent)?;
     let from_agent = match fields.address("from_agent")? {
         Some(address) => {
             caller.require("from_agent", &address)?;
@@ -144,6 +146,16 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
             )
         })?,
     };
+    if !state.routing().is_local(&from_agent) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from_agent_not_local",
+            format!(
+                "from_agent: {from_agent} is not an address of org {}, which this node serves",
+                state.routing().local_org()
+            ),
+        ));
+    }
     let reply_to = fields.address("reply_to")?;
     if let Some(reply_to) = &reply_to {
         caller.require("reply_to", reply_to)?;
@@ -168,6 +180,27 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
         payload: Value::Object(payload),
         options,
     })
+}
+
+/// Refuses a handler address this node cannot deliver to, at submit time rather than by
+/// dropping the intent later.
+fn check_route(state: &AppState, to_agent: &AgentAddress) -> ApiResult<()> {
+    match state.routing().route(to_agent) {
+        Route::Local => Ok(()),
+        Route::Remote { org, node } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "federation_unavailable",
+            format!(
+                "to_agent: {to_agent} is served by org {org}'s node {} ({}), and this node has no Matrix transport to reach it",
+                node.id, node.matrix_user_id
+            ),
+        )),
+        Route::Unroutable { org, reason } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent_not_found",
+            format!("to_agent: {to_agent} cannot be routed: {reason} (org {org}, code {})", reason.code()),
+        )),
+    }
 }
 
 fn parse_options(fields: &mut Fields) -> ApiResult<Map<String, Value>> {
@@ -491,7 +524,7 @@ pub async fn transition(
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     if !matches!(status, Status::Acknowledged | Status::InProgress | Status::Waiting) {
         return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "status_not_settable",
             format!(
                 "status: {status} cannot be set here; use ACKNOWLEDGED, IN_PROGRESS or WAITING, and POST .../resolve for COMPLETED, FAILED or CANCELED"

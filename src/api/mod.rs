@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod intents;
 mod limit;
+mod registry;
 mod streams;
 mod views;
 
@@ -25,6 +26,7 @@ use tracing::Instrument;
 pub use error::{ApiError, ApiResult};
 
 use crate::config::Config;
+use crate::routing::Routing;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -33,13 +35,18 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     store: Store,
     config: Config,
+    routing: Arc<Routing>,
     limiter: limit::RateLimiter,
 }
 
 impl AppState {
-    pub fn new(store: Store, config: Config) -> Self {
+    pub fn new(store: Store, config: Config, routing: Arc<Routing>) -> Self {
         let limiter = limit::RateLimiter::new(config.limits.rate_limit_per_second);
-        AppState(Arc::new(Inner { store, config, limiter }))
+        AppState(Arc::new(Inner { store, config, routing, limiter }))
+    }
+
+    pub fn routing(&self) -> &Routing {
+        &self.0.routing
     }
 
     pub fn store(&self) -> &Store {
@@ -75,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/intents/{id}/transition", post(intents::transition))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{*address}", get(agents::get_or_listen))
+        .route("/v1/registry", get(registry::show))
+        .route("/v1/registry/resolve", get(registry::resolve))
         .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/admin/keys/{key_id}/revoke", post(admin::revoke_key))
         .fallback(|| async { ApiError::not_found("route") })

@@ -18,12 +18,14 @@
 //! | `d/` | idempotency scope hash | idempotency entry |
 //! | `D/` | created (unix ms BE), scope hash | nothing: expiry index of `d/` |
 //! | `a/` | agent address | agent record |
+//! | `r/` | org | highest accepted registry serial (u64 BE) |
 //! | `m/` | name | node metadata and counters |
 
 mod agents;
 mod idempotency;
 mod intents;
 mod keys;
+mod registry;
 mod txn;
 mod writer;
 

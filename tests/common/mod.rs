@@ -72,6 +72,10 @@ impl TestNode {
         wait_timeout(&mut child, Duration::from_secs(20)).expect("node exits after SIGTERM")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
