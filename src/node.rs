@@ -97,7 +97,8 @@ pub async fn run(
     });
     let upkeep =
         [tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)), tokio::spawn(routing.clone().watch(store.clone()))];
-    let router = api::router(AppState::new(store, config, routing));
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let router = api::router(AppState::new(store, config, routing, stopping));
     // Small SSE frames and answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -105,6 +106,11 @@ pub async fn run(
         }
     });
     on_ready(addr);
+    // Streams hold for up to a minute; at shutdown they end at once instead of holding it up.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     for task in upkeep {
         task.abort();

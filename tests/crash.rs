@@ -125,8 +125,26 @@ async fn sigterm_flushes_and_exits_zero_and_everything_is_there_after_restart() 
     let mut node = TestNode::start();
     let api = node.admin();
     let id = api.send(FROM, "agent://acme/crash/h").await;
+    // Open streams that would hold for 30 s must not hold up the shutdown.
+    let listener = {
+        let api = api.clone();
+        tokio::spawn(async move { api.frames("/v1/agents/acme/crash/h/intents/stream?wait_seconds=30").await })
+    };
+    let observer = {
+        let api = api.clone();
+        let id = id.clone();
+        tokio::spawn(
+            async move { api.frames(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30")).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
     let status = node.terminate();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    let listened = listener.await.unwrap();
+    assert_eq!(listened.last().unwrap().0, "stream.timeout", "streams close with stream.timeout");
+    assert_eq!(observer.await.unwrap().last().unwrap().0, "stream.timeout");
     assert!(status.success(), "{status:?}");
     node.restart();
-    assert_eq!(node.admin().status(&id).await, "SUBMITTED");
+    assert_eq!(node.admin().status(&id).await, "DELIVERED", "the listener's hand-out was recorded");
 }

@@ -37,12 +37,23 @@ struct Inner {
     config: Config,
     routing: Arc<Routing>,
     limiter: limit::RateLimiter,
+    /// Turns true when the node begins to shut down: open streams close at once.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
-    pub fn new(store: Store, config: Config, routing: Arc<Routing>) -> Self {
+    pub fn new(
+        store: Store,
+        config: Config,
+        routing: Arc<Routing>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let limiter = limit::RateLimiter::new(config.limits.rate_limit_per_second);
-        AppState(Arc::new(Inner { store, config, routing, limiter }))
+        AppState(Arc::new(Inner { store, config, routing, limiter, stopping }))
+    }
+
+    fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.stopping.clone()
     }
 
     pub fn routing(&self) -> &Routing {

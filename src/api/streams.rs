@@ -9,7 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -57,22 +59,36 @@ fn timeout_frame(next_seq: u64) -> Event {
     Event::default().event("stream.timeout").data(json!({"ok": true, "next_seq": next_seq}).to_string())
 }
 
-/// Waits until a notice that `relevant` accepts arrives (or notices were lost), or the deadline.
-/// Returns false at the deadline or when the store closed.
-async fn wait_for_news(
-    notices: &mut broadcast::Receiver<std::sync::Arc<CommitNotice>>,
+/// What a stream waits on between batches of frames.
+struct Waiting {
+    notices: broadcast::Receiver<Arc<CommitNotice>>,
+    stopping: watch::Receiver<bool>,
     deadline: Instant,
-    relevant: impl Fn(&CommitNotice) -> bool,
-) -> bool {
-    loop {
-        tokio::select! {
-            _ = sleep_until(deadline) => return false,
-            received = notices.recv() => match received {
-                Ok(notice) if relevant(&notice) => return true,
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                Err(broadcast::error::RecvError::Closed) => return false,
-            },
+}
+
+impl Waiting {
+    /// Subscribes before the stream reads its backlog, so nothing committed in between is missed.
+    fn new(state: &AppState, hold: Duration) -> Self {
+        Waiting { notices: state.store().subscribe(), stopping: state.stopping(), deadline: Instant::now() + hold }
+    }
+
+    /// Waits until a notice that `relevant` accepts arrives (or notices were lost). Returns false
+    /// at the deadline, when the node begins to stop, or when the store closed.
+    async fn for_news(&mut self, relevant: impl Fn(&CommitNotice) -> bool) -> bool {
+        loop {
+            if *self.stopping.borrow() {
+                return false;
+            }
+            tokio::select! {
+                _ = sleep_until(self.deadline) => return false,
+                _ = self.stopping.changed() => return false,
+                received = self.notices.recv() => match received {
+                    Ok(notice) if relevant(&notice) => return true,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                },
+            }
         }
     }
 }
@@ -92,9 +108,10 @@ pub async fn intent_events(
         _ => return Err(ApiError::not_found(format_args!("intent {id}"))),
     }
     let (frames, receiver) = mpsc::channel(64);
+    let waiting = Waiting::new(&state, wait);
     let store = state.store().clone();
     tokio::spawn(async move {
-        if let Err(error) = pump_intent_events(&store, id, since, wait, &frames).await {
+        if let Err(error) = pump_intent_events(&store, id, since, waiting, &frames).await {
             tracing::warn!(%error, intent_id = %id, "intent event stream ended early");
         }
     });
@@ -105,12 +122,9 @@ async fn pump_intent_events(
     store: &Store,
     id: Uuid,
     since: u64,
-    wait: Duration,
+    mut waiting: Waiting,
     frames: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> Result<(), crate::store::StoreError> {
-    let deadline = Instant::now() + wait;
-    // Subscribed before the backlog is read, so nothing committed in between is missed.
-    let mut notices = store.subscribe();
     let key = id.to_string();
     let mut last = since;
     loop {
@@ -134,7 +148,7 @@ async fn pump_intent_events(
             || store
                 .intent(id)?
                 .is_some_and(|stored| stored.record.status().is_terminal() && stored.record.seq() <= last);
-        if finished || !wait_for_news(&mut notices, deadline, |notice| notice.intents.contains(&key)).await {
+        if finished || !waiting.for_news(|notice| notice.intents.contains(&key)).await {
             break;
         }
     }
@@ -164,8 +178,7 @@ async fn pump_listen(
     statuses: Option<Vec<Status>>,
     frames: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> ApiResult<()> {
-    let deadline = Instant::now() + wait;
-    let mut notices = state.store().subscribe();
+    let mut waiting = Waiting::new(state, wait);
     let wants = |status: Status| statuses.as_ref().map_or(!status.is_terminal(), |wanted| wanted.contains(&status));
     // Terminal intents leave the open feed, so a filter that asks for them reads the full one.
     let feed = if statuses.as_ref().is_some_and(|wanted| wanted.iter().any(|s| s.is_terminal())) {
@@ -196,7 +209,7 @@ async fn pump_listen(
         if entries.len() == PAGE {
             continue;
         }
-        if !wait_for_news(&mut notices, deadline, |notice| notice.agents.contains(agent.as_str())).await {
+        if !waiting.for_news(|notice| notice.agents.contains(agent.as_str())).await {
             break;
         }
     }
