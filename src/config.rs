@@ -22,6 +22,21 @@ pub struct Config {
     /// The shared registry; without it the node is standalone and every address is local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistrySection>,
+    /// The node's Matrix account; with a registry, intents for other orgs travel over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSection {
+    pub homeserver_url: url::Url,
+    /// The node's account, `@name:server`.
+    pub user_id: String,
+    /// The account's password, read only for the first login (later starts restore the session).
+    pub password_file: PathBuf,
+    /// The passphrase that encrypts matrix-sdk's SQLite stores in the data dir.
+    pub store_passphrase_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +114,7 @@ impl Config {
             limits: Limits::default(),
             log: LogSection::default(),
             registry: None,
+            matrix: None,
         }
     }
 
@@ -115,6 +131,13 @@ impl Config {
         }
         if let Some(registry) = config.registry.as_mut().filter(|registry| registry.dir.is_relative()) {
             registry.dir = base.join(&registry.dir);
+        }
+        if let Some(matrix) = config.matrix.as_mut() {
+            for file in [&mut matrix.password_file, &mut matrix.store_passphrase_file] {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
         }
         config.validate()?;
         Ok(config)
@@ -151,6 +174,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::address::AgentAddress::parse(&format!("agent://{}/x", self.node.org))
             .map_err(|error| ConfigError::Invalid { field: "node.org", message: error.to_string() })?;
+        if self.matrix.is_some() && self.registry.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "matrix",
+                message:
+                    "a Matrix transport needs [registry] too: the registry names the peer nodes and pins their devices"
+                        .into(),
+            });
+        }
         if self.limits.idempotency_ttl_hours < MIN_IDEMPOTENCY_TTL_HOURS {
             return Err(ConfigError::Invalid {
                 field: "limits.idempotency_ttl_hours",

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"] // matrix-sdk's sync futures need it to prove they are Send
 //! axp: a node for AXP, the Intent Protocol.
 //!
 //! A tour of the crate:
@@ -8,6 +9,7 @@
 //!   copy of the registry and its reloads.
 //! - [`store`]: sled, the group-commit writer, key layout, idempotency.
 //! - [`api`]: the HTTP API (axum).
+//! - [`transport`]: intents and their events between orgs' nodes over Matrix.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration file.
 //! - [`client`]: a small HTTP client for the CLI and the benchmark.
 
@@ -22,3 +24,4 @@ pub mod node;
 pub mod registry;
 pub mod routing;
 pub mod store;
+pub mod transport;

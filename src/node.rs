@@ -28,6 +28,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::matrix::TransportError),
     #[error("{path} already holds a node configuration; use it, or pick another --data-dir")]
     AlreadyInitialised { path: PathBuf },
     #[error("cannot listen on {addr}: {source} (is another process using this port?)")]
@@ -95,8 +97,13 @@ pub async fn run(
         Some(registry) => Routing::with_registry(&config.node.org, registry.dir.clone(), &store).await?,
         None => Routing::standalone(&config.node.org),
     });
-    let upkeep =
-        [tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)), tokio::spawn(routing.clone().watch(store.clone()))];
+    let mut upkeep = vec![
+        tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)),
+        tokio::spawn(routing.clone().watch(store.clone())),
+    ];
+    if config.matrix.is_some() {
+        upkeep.extend(crate::transport::matrix::start(&config, store.clone(), routing.clone()).await?);
+    }
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let router = api::router(AppState::new(store, config, routing, stopping));
     // Small SSE frames and answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).

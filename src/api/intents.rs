@@ -15,7 +15,8 @@ use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::intent::{IntentRecord, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
 use crate::routing::Route;
-use crate::store::{Feed, IdempotencyCheck, IdempotencyScope, StoredIntent, Txn, canonical_hash};
+use crate::store::{Feed, IdempotencyCheck, IdempotencyScope, LinkRole, RemoteLink, StoredIntent, Txn, canonical_hash};
+use crate::transport::wire::{MAX_EVENT_CONTENT_BYTES, NodeRef};
 
 /// Most events one `GET .../events` returns; callers page on with `since`.
 const MAX_EVENTS_PAGE: usize = 1000;
@@ -99,6 +100,17 @@ fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult
     }
 }
 
+fn owned_elsewhere(stored: &StoredIntent) -> ApiError {
+    let owner = stored.link.as_ref().map_or("another node", |link| link.peer.node.as_str());
+    ApiError::conflict(
+        "owned_by_remote_node",
+        format!(
+            "intent {} is sequenced by {owner}, its handler's node; changing it from here is not supported yet",
+            stored.record.intent_id
+        ),
+    )
+}
+
 fn require_handler(caller: &Caller, stored: &StoredIntent, what: &str) -> ApiResult<()> {
     if caller.is_handler_of(&stored.record) {
         return Ok(());
@@ -119,7 +131,14 @@ fn is_valid_intent_type(intent_type: &str) -> bool {
     version_ok && names.len() >= 2 && names.iter().all(name_ok) && intent_type.len() <= 255
 }
 
-fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> ApiResult<NewIntent> {
+/// Room left in a Matrix event for the intent's other fields and its first two events.
+const ENVELOPE_ALLOWANCE: usize = 8 * 1024;
+
+fn parse_create(
+    state: &AppState,
+    caller: &Caller,
+    body: Map<String, Value>,
+) -> ApiResult<(NewIntent, Option<RemoteLink>)> {
     let mut fields = Fields::new(body);
     let intent_type = fields.required_string("intent_type")?;
     if !is_valid_intent_type(&intent_type) {
@@ -133,7 +152,7 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
         return Err(ApiError::invalid("correlation_id", "must be at most 255 characters"));
     }
     let to_agent = fields.address("to_agent")?.ok_or_else(|| ApiError::invalid("to_agent", "is required"))?;
-    check_route(state, &to_agent)?;
+    let link = check_route(state, &to_agent)?;
     let from_agent = match fields.address("from_agent")? {
         Some(address) => {
             caller.require("from_agent", &address)?;
@@ -169,9 +188,15 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
             "payload is {payload_size} bytes; this node accepts at most {limit} bytes (limits.max_payload_bytes)"
         )));
     }
+    let remote_limit = MAX_EVENT_CONTENT_BYTES - ENVELOPE_ALLOWANCE;
+    if link.is_some() && payload_size > remote_limit {
+        return Err(ApiError::too_large(format!(
+            "payload is {payload_size} bytes; an intent for another org travels in one Matrix event and may carry at most {remote_limit} bytes of payload"
+        )));
+    }
     let options = parse_options(&mut fields)?;
     fields.finish()?;
-    Ok(NewIntent {
+    let new = NewIntent {
         intent_type,
         correlation_id,
         from_agent: from_agent.to_string(),
@@ -179,14 +204,18 @@ fn parse_create(state: &AppState, caller: &Caller, body: Map<String, Value>) -> 
         reply_to: reply_to.map(|address| address.to_string()),
         payload: Value::Object(payload),
         options,
-    })
+    };
+    Ok((new, link))
 }
 
-/// Refuses a handler address this node cannot deliver to, at submit time rather than by
-/// dropping the intent later.
-fn check_route(state: &AppState, to_agent: &AgentAddress) -> ApiResult<()> {
+/// Where a new intent goes: to a local handler, or to another org's node (the link). An
+/// address this node cannot deliver to is refused now rather than dropped later.
+fn check_route(state: &AppState, to_agent: &AgentAddress) -> ApiResult<Option<RemoteLink>> {
     match state.routing().route(to_agent) {
-        Route::Local => Ok(()),
+        Route::Local => Ok(None),
+        Route::Remote { org, node } if state.config().matrix.is_some() => {
+            Ok(Some(RemoteLink { role: LinkRole::Initiator, peer: NodeRef { org, node: node.id }, room_id: None }))
+        }
         Route::Remote { org, node } => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "federation_unavailable",
@@ -237,7 +266,7 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let idempotency = Idempotency::from_request(&state, &caller, &headers, "POST /v1/intents", &body)?;
-    let new = parse_create(&state, &caller, body)?;
+    let (new, link) = parse_create(&state, &caller, body)?;
     let actor = new.from_agent.clone();
     let answer = state
         .store()
@@ -247,7 +276,7 @@ pub async fn create(
                 let at = now_rfc3339();
                 let (record, events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
                 let status = record.status();
-                txn.insert_intent(record, &events)?;
+                txn.insert_intent(record, &events, link)?;
                 Ok(json!({"ok": true, "intent_id": id, "status": status, "created_at": at}))
             })
         })
@@ -313,6 +342,9 @@ async fn operate(
         .write(move |txn| {
             once(txn, idempotency, |txn| {
                 let mut stored = visible(txn.intent(id)?, &caller, id)?;
+                if stored.is_replica() {
+                    return Err(owned_elsewhere(&stored));
+                }
                 let (answer, events) = change(&caller, &mut stored)?;
                 txn.update_intent(&stored, &events)?;
                 Ok(answer)

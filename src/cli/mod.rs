@@ -30,6 +30,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Send, inspect, follow and resolve intents.
     Intents(intents::IntentsArgs),
+    /// The node's Matrix account.
+    #[command(subcommand)]
+    Matrix(node::MatrixCommand),
     /// Shared registry: keys, endorsements, signed org records, resolution.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(command) => node::run(command, cli.log_format),
         Command::Keys(args) => runtime()?.block_on(keys::run(args)),
         Command::Intents(args) => runtime()?.block_on(intents::run(args)),
+        Command::Matrix(command) => node::matrix(command),
         Command::Registry(command) => registry::run(command),
         Command::Bench(command) => bench::run(command),
     }

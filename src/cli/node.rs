@@ -75,3 +75,24 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: draining requests and flushing the store");
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MatrixCommand {
+    /// Log the node in once (creating its one device) and save the session in the data dir;
+    /// run again, it restores the session. Prints the identity the registry must pin, as JSON.
+    Login {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub fn matrix(command: MatrixCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MatrixCommand::Login { config } => {
+            let config = Config::load(&config, |name| std::env::var(name).ok())?;
+            let identity = super::runtime()?.block_on(axp::transport::matrix::login(&config))?;
+            println!("{}", serde_json::to_string(&identity)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -35,6 +35,10 @@ pub enum LifecycleError {
     WaitingReasonRequired,
     #[error("waiting_reason is only allowed with status WAITING, not {status}")]
     WaitingReasonNotAllowed { status: Status },
+    #[error("event of intent {got} applied to intent {expected}")]
+    OtherIntent { expected: String, got: String },
+    #[error("event seq {got} does not follow seq {have}; the events in between are missing")]
+    Gap { have: u64, got: u64 },
 }
 
 impl LifecycleError {
@@ -45,6 +49,8 @@ impl LifecycleError {
             LifecycleError::Illegal { .. } => "illegal_transition",
             LifecycleError::WaitingReasonRequired => "waiting_reason_required",
             LifecycleError::WaitingReasonNotAllowed { .. } => "waiting_reason_not_allowed",
+            LifecycleError::OtherIntent { .. } => "other_intent",
+            LifecycleError::Gap { .. } => "seq_gap",
         }
     }
 

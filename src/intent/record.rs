@@ -238,6 +238,38 @@ impl IntentRecord {
         Ok(PolicyUpdate { applied: true, policy_generation: self.policy_generation })
     }
 
+    /// Applies an event the intent's owner (another node) appended, to this node's replica.
+    /// Returns false for an event already applied (at-least-once delivery repeats them). The
+    /// owner obeys the same transition table; an event that breaks it is refused, not applied.
+    pub fn apply_remote(&mut self, event: &LifecycleEvent) -> Result<bool, LifecycleError> {
+        if event.intent_id != self.intent_id {
+            return Err(LifecycleError::OtherIntent { expected: self.intent_id.clone(), got: event.intent_id.clone() });
+        }
+        if event.seq <= self.seq {
+            return Ok(false);
+        }
+        if event.seq != self.seq + 1 {
+            return Err(LifecycleError::Gap { have: self.seq, got: event.seq });
+        }
+        if event.status != self.status {
+            check_transition(self.status, event.status)?;
+        }
+        check_waiting_reason(event.status, event.waiting_reason)?;
+        self.status = event.status;
+        self.waiting_reason = event.waiting_reason;
+        self.seq = event.seq;
+        self.updated_at = event.at.clone();
+        if let Some(handler) = &event.handler {
+            self.handler = handler.clone();
+        }
+        match event.status {
+            Status::Completed => self.result = event.details.get("result").cloned(),
+            Status::Failed => self.error = event.details.get("error").cloned(),
+            _ => {}
+        }
+        Ok(true)
+    }
+
     /// Whether the intent still expects its handler to pick it up: nobody acknowledged it yet.
     pub fn awaits_pickup(&self) -> bool {
         matches!(self.status, Status::Submitted | Status::Delivered)
@@ -344,6 +376,24 @@ mod tests {
         assert_eq!((second.applied, second.reason), (false, Some("already_in_progress")));
         let refused = record.resume(false, json!({}), None, AT).unwrap();
         assert_eq!(refused.events[0].status, Status::Canceled);
+    }
+
+    #[test]
+    fn a_replica_follows_the_owners_events_once_and_in_order() {
+        let mut owner = submitted();
+        let mut replica = owner.clone();
+        let mut events = vec![owner.transition(Status::InProgress, None, Some("h"), json!({}), AT).unwrap()];
+        events.extend(owner.resolve(ResolveOutcome::Completed { result: json!({"r": 1}) }, Some("h"), AT).unwrap());
+        assert_eq!(replica.apply_remote(&events[1]), Err(LifecycleError::Gap { have: 2, got: 4 }));
+        for event in &events {
+            assert_eq!(replica.apply_remote(event), Ok(true));
+        }
+        assert_eq!(replica, owner, "the replica ends identical to the owner's record");
+        assert_eq!(replica.apply_remote(&events[0]), Ok(false), "a repeat is ignored");
+        let mut forged = events[1].clone();
+        forged.seq = 5;
+        forged.status = Status::InProgress;
+        assert_eq!(replica.apply_remote(&forged), Err(LifecycleError::Terminal { status: Status::Completed }));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::outbox::{OutboxEntry, OutboxKind};
 use super::{Store, StoreError, Txn, decode};
 use crate::intent::{IntentRecord, LifecycleEvent};
+use crate::transport::wire::{IntentItem, LifecycleItem, NodeRef};
 
 const FEED_COUNTER: &[u8] = b"m/feed_cursor";
 
@@ -14,6 +16,35 @@ pub struct StoredIntent {
     /// Position in the handler's feed; increases across intents (the `listen` cursor).
     pub cursor: u64,
     pub record: IntentRecord,
+    /// Set when the intent crosses to another org's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<RemoteLink>,
+}
+
+/// How an intent is tied to another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteLink {
+    pub role: LinkRole,
+    /// The other node: the handler's for `Initiator`, the initiator's for `Handler`.
+    pub peer: NodeRef,
+    /// The route room, once known on this side.
+    pub room_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkRole {
+    /// This node sent the intent and keeps a replica; the handler's node owns its log.
+    Initiator,
+    /// This node handles an intent another node sent, and reports its events back.
+    Handler,
+}
+
+impl StoredIntent {
+    /// Whether another node sequences this intent's events.
+    pub fn is_replica(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.role == LinkRole::Initiator)
+    }
 }
 
 /// One intent in an agent feed.
@@ -74,29 +105,59 @@ impl Txn<'_> {
         self.get_json(&intent_key(id))
     }
 
-    /// Stores a new intent with its first events and indexes it in the agents' feeds.
+    /// Stores a new intent with its first events and indexes it in the agents' feeds. An
+    /// intent for another node's handler is queued for it in the same batch; this node keeps
+    /// only a replica, so no local agent is offered it.
     pub fn insert_intent(
         &mut self,
         record: IntentRecord,
         events: &[LifecycleEvent],
+        link: Option<RemoteLink>,
     ) -> Result<StoredIntent, StoreError> {
         let id = parse_id(&record)?;
         let cursor = self.next_counter(FEED_COUNTER)?;
         let value = id.as_bytes().to_vec();
-        self.put(feed_key(Feed::Received, &record.to_agent, cursor), value.clone());
         self.put(feed_key(Feed::Sent, &record.from_agent, cursor), value.clone());
-        if !record.status().is_terminal() {
-            self.put(feed_key(Feed::Open, &record.to_agent, cursor), value);
+        let stored = StoredIntent { cursor, record, link };
+        if let Some(link) = stored.link.as_ref().filter(|link| link.role == LinkRole::Initiator) {
+            let item = IntentItem { record: stored.record.clone(), events: events.to_vec() };
+            self.enqueue(&OutboxEntry {
+                peer: link.peer.clone(),
+                address: stored.record.to_agent.clone(),
+                room_id: None,
+                kind: OutboxKind::Intent,
+                item: serde_json::to_value(item).expect("intents serialise"),
+            })?;
+        } else {
+            let record = &stored.record;
+            self.put(feed_key(Feed::Received, &record.to_agent, cursor), value.clone());
+            if !record.status().is_terminal() {
+                self.put(feed_key(Feed::Open, &record.to_agent, cursor), value);
+            }
+            self.notify_agent(&record.to_agent);
+            self.register_agent(&record.to_agent, &record.created_at)?;
         }
-        self.notify_agent(&record.to_agent);
-        self.register_agent(&record.to_agent, &record.created_at)?;
-        let stored = StoredIntent { cursor, record };
-        self.update_intent(&stored, events)?;
+        self.save_intent(&stored, events)?;
         Ok(stored)
     }
 
-    /// Stores a changed intent and the events the change appended.
+    /// Stores a changed intent and the events the change appended. When this node handles the
+    /// intent for another node, the events are queued for it in the same batch.
     pub fn update_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
+        if let Some(link) = stored.link.as_ref().filter(|link| link.role == LinkRole::Handler && !events.is_empty()) {
+            let item = LifecycleItem { intent_id: stored.record.intent_id.clone(), events: events.to_vec() };
+            self.enqueue(&OutboxEntry {
+                peer: link.peer.clone(),
+                address: stored.record.to_agent.clone(),
+                room_id: link.room_id.clone(),
+                kind: OutboxKind::Lifecycle,
+                item: serde_json::to_value(item).expect("events serialise"),
+            })?;
+        }
+        self.save_intent(stored, events)
+    }
+
+    fn save_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
         let id = parse_id(&stored.record)?;
         for event in events {
             self.put_json(event_key(id, event.seq), event);

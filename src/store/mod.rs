@@ -19,12 +19,16 @@
 //! | `D/` | created (unix ms BE), scope hash | nothing: expiry index of `d/` |
 //! | `a/` | agent address | agent record |
 //! | `r/` | org | highest accepted registry serial (u64 BE) |
+//! | `x/` | outbox seq (u64 BE) | message for another node, until sent |
+//! | `R/` | handler address, 0, peer org, 0, peer node | route room id |
+//! | `Q/` | room id | the room's route |
 //! | `m/` | name | node metadata and counters |
 
 mod agents;
 mod idempotency;
 mod intents;
 mod keys;
+mod outbox;
 mod registry;
 mod txn;
 mod writer;
@@ -37,7 +41,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use agents::AgentRecord;
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
-pub use intents::{Feed, FeedEntry, StoredIntent};
+pub use intents::{Feed, FeedEntry, LinkRole, RemoteLink, StoredIntent};
+pub use outbox::{OutboxEntry, OutboxKind};
 pub use txn::{CommitNotice, Txn};
 use writer::Job;
 

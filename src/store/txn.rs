@@ -13,6 +13,8 @@ use super::{StoreError, decode, encode};
 pub struct CommitNotice {
     pub intents: BTreeSet<String>,
     pub agents: BTreeSet<String>,
+    /// The outbox has new entries.
+    pub outbox: bool,
 }
 
 pub struct Txn<'a> {
@@ -74,6 +76,10 @@ impl<'a> Txn<'a> {
         self.job_notice.intents.insert(intent_id.to_owned());
     }
 
+    pub fn notify_outbox(&mut self) {
+        self.job_notice.outbox = true;
+    }
+
     pub fn notify_agent(&mut self, address: &str) {
         self.job_notice.agents.insert(address.to_owned());
     }
@@ -82,6 +88,7 @@ impl<'a> Txn<'a> {
         self.batch.append(&mut self.job);
         self.notice.intents.append(&mut self.job_notice.intents);
         self.notice.agents.append(&mut self.job_notice.agents);
+        self.notice.outbox |= self.job_notice.outbox;
     }
 
     pub(super) fn discard_job(&mut self) {

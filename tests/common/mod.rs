@@ -103,28 +103,26 @@ impl Drop for TestNode {
     }
 }
 
-/// Starts `axp node run` and waits for its "listening" line.
+/// Starts `axp node run` and waits for its "listening" line. The node's log goes to
+/// `node.log` beside its config, where a failing test can look.
 pub fn spawn_node(config: &Path) -> Result<(Child, String), String> {
+    let log_path = config.with_file_name("node.log");
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|error| error.to_string())?;
     let mut child = Command::new(AXP)
         .args(["node", "run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("AXP_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .map_err(|error| error.to_string())?;
     let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines.send(line);
         }
-    });
-    let (errors, error_lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        let text: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
-        let _ = errors.send(text.join("\n"));
     });
     match received.recv_timeout(Duration::from_secs(20)) {
         Ok(line) => {
@@ -135,7 +133,7 @@ pub fn spawn_node(config: &Path) -> Result<(Child, String), String> {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(error_lines.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
+            Err(std::fs::read_to_string(&log_path).unwrap_or_default())
         }
     }
 }

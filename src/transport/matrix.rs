@@ -1,0 +1,584 @@
+//! The Matrix transport over matrix-sdk: one account and one device per node, restored on every
+//! start; our own sync loop over `sync_once`; one encrypted room per (handler address, node
+//! pair); the outbox drained into `axp.*` events; and the checks on everything received.
+//!
+//! Trust: a received `axp.*` event counts only if it was encrypted, sent by the node the
+//! registry pins for the room's other side, from the pinned device with the pinned Ed25519 key.
+//! Room keys go only to devices marked trusted, and the node marks exactly the pinned devices.
+//! Anything else is dropped and written to the audit log.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::encryption::LocalTrust;
+use matrix_sdk::event_handler::Ctx;
+use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::{
+    AnyInitialStateEvent, AnySyncTimelineEvent, EmptyStateKey, InitialStateEvent, StateEventType,
+};
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedTransactionId, OwnedUserId, RoomId, UserId};
+use matrix_sdk::store::RoomLoadSettings;
+use matrix_sdk::{Client, Room};
+use matrix_sdk_base::crypto::CollectStrategy;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::wire::{
+    INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem, NodeRef, ROUTE_EVENT, RouteState, group_items,
+};
+use crate::config::{Config, MatrixSection};
+use crate::registry::NodeRecord;
+use crate::routing::Routing;
+use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError};
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const SESSION_FILE: &str = "session.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the node has no [matrix] section in its config")]
+    NotConfigured,
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("no saved Matrix session in {path}: run `axp matrix login --config ...` once first")]
+    NotLoggedIn { path: PathBuf },
+    #[error("the registry names no node of org {org} with Matrix account {user_id}; add it to the org's record")]
+    NotInRegistry { org: String, user_id: String },
+    #[error("Matrix: {0}")]
+    Matrix(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn matrix_error(error: impl std::fmt::Display) -> TransportError {
+    TransportError::Matrix(error.to_string())
+}
+
+/// The node's Matrix identity, as the registry must pin it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub user_id: String,
+    pub device_id: String,
+    pub ed25519_key: String,
+}
+
+fn matrix_dir(config: &Config) -> PathBuf {
+    config.node.data_dir.join("matrix")
+}
+
+fn read_secret(path: &Path) -> Result<String, TransportError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|source| TransportError::Read { path: path.to_owned(), source })
+}
+
+async fn build_client(matrix: &MatrixSection, dir: &Path) -> Result<Client, TransportError> {
+    let passphrase = read_secret(&matrix.store_passphrase_file)?;
+    Client::builder()
+        .homeserver_url(matrix.homeserver_url.as_str())
+        .sqlite_store(dir.join("store"), Some(&passphrase))
+        // Room keys go only to devices this node marked trusted: the registry-pinned ones.
+        .with_room_key_recipient_strategy(CollectStrategy::OnlyTrustedDevices)
+        .build()
+        .await
+        .map_err(matrix_error)
+}
+
+/// Logs the node in once (creating its one device) and saves the session; later calls restore
+/// it. Returns the identity the registry must pin.
+pub async fn login(config: &Config) -> Result<Identity, TransportError> {
+    let matrix = config.matrix.as_ref().ok_or(TransportError::NotConfigured)?;
+    let dir = matrix_dir(config);
+    std::fs::create_dir_all(&dir).map_err(|source| TransportError::Write { path: dir.clone(), source })?;
+    let client = build_client(matrix, &dir).await?;
+    let session_path = dir.join(SESSION_FILE);
+    if session_path.exists() {
+        restore(&client, &session_path).await?;
+    } else {
+        let password = read_secret(&matrix.password_file)?;
+        client
+            .matrix_auth()
+            .login_username(&matrix.user_id, &password)
+            .initial_device_display_name("axp node")
+            .send()
+            .await
+            .map_err(matrix_error)?;
+        let session = client.matrix_auth().session().ok_or_else(|| matrix_error("login returned no session"))?;
+        let text = serde_json::to_vec(&session).expect("sessions serialise");
+        crate::node::write_private(&session_path, &text).map_err(|error| TransportError::Write {
+            path: session_path.clone(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    }
+    // One sync uploads the device keys, so that peers can find them.
+    client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.map_err(matrix_error)?;
+    client.encryption().wait_for_e2ee_initialization_tasks().await;
+    identity(&client).await
+}
+
+async fn restore(client: &Client, path: &Path) -> Result<(), TransportError> {
+    let text = std::fs::read(path).map_err(|source| TransportError::Read { path: path.to_owned(), source })?;
+    let session: MatrixSession = serde_json::from_slice(&text).map_err(matrix_error)?;
+    client.matrix_auth().restore_session(session, RoomLoadSettings::default()).await.map_err(matrix_error)
+}
+
+async fn identity(client: &Client) -> Result<Identity, TransportError> {
+    let user_id = client.user_id().ok_or_else(|| matrix_error("not logged in"))?.to_string();
+    let device_id = client.device_id().ok_or_else(|| matrix_error("no device"))?.to_string();
+    let ed25519_key = client.encryption().ed25519_key().await.ok_or_else(|| matrix_error("no device keys yet"))?;
+    Ok(Identity { user_id, device_id, ed25519_key })
+}
+
+/// What the event handlers, the sync loop and the sender share.
+struct Shared {
+    store: Store,
+    routing: Arc<Routing>,
+    local: NodeRef,
+    /// Peers whose pinned device this process has marked trusted.
+    trusted: Mutex<HashSet<String>>,
+}
+
+/// Starts the transport: restores the session, then runs the sync loop and the outbox sender
+/// until the returned tasks are aborted.
+pub async fn start(
+    config: &Config,
+    store: Store,
+    routing: Arc<Routing>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, TransportError> {
+    let matrix = config.matrix.as_ref().ok_or(TransportError::NotConfigured)?;
+    let dir = matrix_dir(config);
+    let session_path = dir.join(SESSION_FILE);
+    if !session_path.exists() {
+        return Err(TransportError::NotLoggedIn { path: session_path });
+    }
+    let client = build_client(matrix, &dir).await?;
+    restore(&client, &session_path).await?;
+    let local = local_node(&routing, &config.node.org, &matrix.user_id)?;
+    let shared = Arc::new(Shared { store, routing, local, trusted: Mutex::new(HashSet::new()) });
+    client.add_event_handler_context(shared.clone());
+    client.add_event_handler(on_invite);
+    client.add_event_handler(on_timeline_event);
+    tracing::info!(user_id = %matrix.user_id, device_id = ?client.device_id(), "Matrix transport started");
+    Ok(vec![tokio::spawn(sync_loop(client.clone())), tokio::spawn(send_loop(client, shared))])
+}
+
+fn local_node(routing: &Routing, org: &str, user_id: &str) -> Result<NodeRef, TransportError> {
+    let not_listed = || TransportError::NotInRegistry { org: org.to_owned(), user_id: user_id.to_owned() };
+    let loaded = routing.snapshot().ok_or_else(not_listed)?;
+    let record = loaded.set.get(org).ok_or_else(not_listed)?;
+    let node = record.nodes.iter().find(|node| node.matrix_user_id == user_id).ok_or_else(not_listed)?;
+    Ok(NodeRef { org: org.to_owned(), node: node.id.clone() })
+}
+
+/// The registry's node for a Matrix account, with its org.
+fn pinned_node(routing: &Routing, user_id: &str) -> Option<(String, NodeRecord)> {
+    let loaded = routing.snapshot()?;
+    loaded.set.records().find_map(|record| {
+        record.nodes.iter().find(|node| node.matrix_user_id == user_id).map(|node| (record.org.clone(), node.clone()))
+    })
+}
+
+fn node_record(routing: &Routing, node: &NodeRef) -> Option<NodeRecord> {
+    let loaded = routing.snapshot()?;
+    loaded.set.get(&node.org)?.nodes.iter().find(|candidate| candidate.id == node.node).cloned()
+}
+
+fn audit_drop(reason: &str, room: &RoomId, sender: &str, detail: &str) {
+    tracing::warn!(target: "axp::audit", decision = "dropped", reason, room_id = %room, sender, detail, "Matrix event refused");
+}
+
+/// Our own loop over `sync_once`: the SDK's `sync()` waits up to a second between requests.
+async fn sync_loop(client: Client) {
+    let settings = SyncSettings::default().timeout(SYNC_TIMEOUT);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.sync_once(settings.clone()).await {
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "Matrix sync failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Joins rooms that a registry node invites this node's account to; refuses the rest.
+async fn on_invite(event: StrippedRoomMemberEvent, room: Room, client: Client, shared: Ctx<Arc<Shared>>) {
+    if client.user_id().is_none_or(|own| own != event.state_key) {
+        return;
+    }
+    let inviter = event.sender.to_string();
+    if pinned_node(&shared.routing, &inviter).is_none() {
+        audit_drop("inviter_not_in_registry", room.room_id(), &inviter, "invite refused");
+        if let Err(error) = room.leave().await {
+            tracing::warn!(%error, "could not refuse an invite");
+        }
+        return;
+    }
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..8 {
+            match room.join().await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, room_id = %room.room_id(), "joining a route room failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    });
+}
+
+/// The route a room carries, checked against the registry and remembered.
+async fn room_route(room: &Room, shared: &Shared) -> Option<RouteState> {
+    if let Ok(Some(route)) = shared.store.route_of_room(room.room_id().as_str()) {
+        return Some(route);
+    }
+    let raw = room.get_state_event(StateEventType::from(ROUTE_EVENT), "").await.ok()??;
+    let content: Value = match raw {
+        matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) => raw.get_field("content").ok()??,
+        matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Stripped(raw) => {
+            raw.get_field("content").ok()??
+        }
+    };
+    let route: RouteState = serde_json::from_value(content).ok()?;
+    Some(route)
+}
+
+/// Drops and audits anything not sent, encrypted, by the pinned device of the room's other node.
+async fn verified_peer(
+    client: &Client,
+    room: &Room,
+    shared: &Shared,
+    encryption: Option<&EncryptionInfo>,
+    sender: &str,
+) -> Option<(RouteState, NodeRef)> {
+    let Some(encryption) = encryption else {
+        audit_drop("unencrypted", room.room_id(), sender, "axp events must be end-to-end encrypted");
+        return None;
+    };
+    let Some((org, pinned)) = pinned_node(&shared.routing, encryption.sender.as_str()) else {
+        audit_drop("sender_not_in_registry", room.room_id(), sender, "");
+        return None;
+    };
+    let device = encryption.sender_device.as_ref().map(|device| device.to_string());
+    if device.as_deref() != Some(pinned.device_id.as_str()) {
+        audit_drop(
+            "unpinned_device",
+            room.room_id(),
+            sender,
+            &format!("device {device:?}, pinned {}", pinned.device_id),
+        );
+        return None;
+    }
+    let key = device_key(client, &encryption.sender, encryption.sender_device.as_deref()?).await;
+    if key.as_deref() != Some(pinned.device_ed25519_key.as_str()) {
+        audit_drop("unpinned_key", room.room_id(), sender, "the device's Ed25519 key is not the pinned one");
+        return None;
+    }
+    let peer = NodeRef { org, node: pinned.id.clone() };
+    let route = room_route(room, shared).await?;
+    let (expected_peer, us) = if route.handler == shared.local {
+        (&route.initiator, &route.handler)
+    } else {
+        (&route.handler, &route.initiator)
+    };
+    if *expected_peer != peer || *us != shared.local {
+        audit_drop("not_this_rooms_peer", room.room_id(), sender, "the room's route names other nodes");
+        return None;
+    }
+    Some((route, peer))
+}
+
+/// The Ed25519 key of a device as published by its owner, querying the homeserver when this
+/// node has not seen the device yet.
+async fn device_key(client: &Client, user: &UserId, device: &matrix_sdk::ruma::DeviceId) -> Option<String> {
+    let lookup = async || client.encryption().get_device(user, device).await.ok().flatten();
+    let device = match lookup().await {
+        Some(device) => device,
+        None => {
+            client.encryption().request_user_identity(user).await.ok()?;
+            lookup().await?
+        }
+    };
+    device.ed25519_key().map(|key| key.to_base64())
+}
+
+async fn on_timeline_event(
+    raw: Raw<AnySyncTimelineEvent>,
+    room: Room,
+    client: Client,
+    encryption: Option<EncryptionInfo>,
+    shared: Ctx<Arc<Shared>>,
+) {
+    let Ok(Some(kind)) = raw.get_field::<String>("type") else { return };
+    if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
+        return;
+    }
+    let sender = raw.get_field::<String>("sender").ok().flatten().unwrap_or_default();
+    if client.user_id().is_some_and(|own| own.as_str() == sender) {
+        return;
+    }
+    let Some((route, peer)) = verified_peer(&client, &room, &shared, encryption.as_ref(), &sender).await else {
+        return;
+    };
+    let content: Value = raw.get_field("content").ok().flatten().unwrap_or(Value::Null);
+    let outcome = match kind.as_str() {
+        INTENT_EVENT if route.handler == shared.local => adopt_intents(&shared, &room, &route, &peer, content).await,
+        LIFECYCLE_EVENT if route.initiator == shared.local => apply_lifecycle(&shared, &peer, content).await,
+        other => {
+            audit_drop("unexpected_event", room.room_id(), &sender, other);
+            return;
+        }
+    };
+    if let Err(error) = outcome {
+        tracing::error!(%error, room_id = %room.room_id(), kind, "could not persist a received Matrix event");
+    }
+}
+
+/// Stores intents another node sent for a handler this node hosts; a repeat changes nothing.
+async fn adopt_intents(
+    shared: &Shared,
+    room: &Room,
+    route: &RouteState,
+    peer: &NodeRef,
+    content: Value,
+) -> Result<(), StoreError> {
+    let Ok(Items { items }) = serde_json::from_value::<Items<IntentItem>>(content) else {
+        audit_drop("malformed", room.room_id(), &peer.node, INTENT_EVENT);
+        return Ok(());
+    };
+    let hosted =
+        crate::address::AgentAddress::parse(&route.address).is_ok_and(|address| shared.routing.is_local(&address));
+    if !hosted {
+        audit_drop("address_not_hosted", room.room_id(), &peer.node, &route.address);
+        return Ok(());
+    }
+    let mut accepted = Vec::new();
+    for item in items {
+        match item.check(&peer.org, &route.address) {
+            Ok(()) => accepted.push(item),
+            Err(refusal) => audit_drop("intent_refused", room.room_id(), &peer.node, &refusal.to_string()),
+        }
+    }
+    let link = RemoteLink { role: LinkRole::Handler, peer: peer.clone(), room_id: Some(room.room_id().to_string()) };
+    let room_id = room.room_id().to_string();
+    let route = route.clone();
+    let peer = peer.clone();
+    shared
+        .store
+        .write(move |txn| -> Result<(), StoreError> {
+            txn.remember_room(&room_id, &route, &peer);
+            for item in accepted {
+                let Ok(id) = uuid::Uuid::parse_str(&item.record.intent_id) else { continue };
+                if txn.intent(id)?.is_none() {
+                    txn.insert_intent(item.record, &item.events, Some(link.clone()))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Applies events the owner appended to this node's replicas, in order, once.
+async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
+    let Ok(Items { items }) = serde_json::from_value::<Items<LifecycleItem>>(content) else {
+        tracing::warn!(target: "axp::audit", decision = "dropped", reason = "malformed", peer = %peer.node, "lifecycle event");
+        return Ok(());
+    };
+    let peer = peer.clone();
+    shared
+        .store
+        .write(move |txn| -> Result<(), StoreError> {
+            for item in items {
+                let Ok(id) = uuid::Uuid::parse_str(&item.intent_id) else { continue };
+                let Some(mut stored) = txn.intent(id)? else { continue };
+                if !stored.is_replica() || stored.link.as_ref().is_none_or(|link| link.peer != peer) {
+                    tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_owner", intent_id = %id, peer = %peer.node, "lifecycle event");
+                    continue;
+                }
+                let mut applied = Vec::new();
+                for event in item.events {
+                    match stored.record.apply_remote(&event) {
+                        Ok(true) => applied.push(event),
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, intent_id = %id, seq = event.seq, "owner's event not applied");
+                            break;
+                        }
+                    }
+                }
+                if !applied.is_empty() {
+                    txn.update_intent(&stored, &applied)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Drains the outbox: groups entries bound for the same room into one event, sends it with a
+/// transaction id derived from the entries (a retry after a crash does not duplicate it), and
+/// deletes the entries once the homeserver accepted the event.
+async fn send_loop(client: Client, shared: Arc<Shared>) {
+    let mut notices = shared.store.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match send_pending(&client, &shared).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(200);
+                // Wait for new entries; a periodic wake-up covers lost notices.
+                let wait = async {
+                    loop {
+                        match notices.recv().await {
+                            Ok(notice) if notice.outbox => return,
+                            Ok(_) => continue,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+            }
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "sending to a peer node failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Sends what the outbox holds now; returns how many entries went out.
+async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, TransportError> {
+    let entries = shared.store.outbox(512)?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    // Consecutive entries for the same room and kind travel together.
+    let mut sent = 0;
+    let mut start = 0;
+    while start < entries.len() {
+        let first = &entries[start].1;
+        let end = entries[start..]
+            .iter()
+            .position(|(_, entry)| {
+                entry.kind != first.kind
+                    || entry.address != first.address
+                    || entry.peer != first.peer
+                    || entry.room_id != first.room_id
+            })
+            .map_or(entries.len(), |offset| start + offset);
+        let run = &entries[start..end];
+        let room = route_room(client, shared, first).await?;
+        ensure_trusted(client, shared, &first.peer).await?;
+        let (groups, oversize) = group_items(run.iter().map(|(_, entry)| entry.item.clone()).collect());
+        for item in oversize {
+            tracing::error!(intent = ?item.get("intent_id"), "an outbox item is larger than a Matrix event; dropped");
+        }
+        let event_type = match first.kind {
+            OutboxKind::Intent => INTENT_EVENT,
+            OutboxKind::Lifecycle => LIFECYCLE_EVENT,
+        };
+        let first_seq = run[0].0;
+        for (index, group) in groups.into_iter().enumerate() {
+            let txn_id: OwnedTransactionId =
+                format!("axp-{}-{first_seq}-{}-{index}", shared.local.node, run.len()).into();
+            room.send_raw(event_type, json!({"items": group}))
+                .with_transaction_id(&txn_id)
+                .await
+                .map_err(matrix_error)?;
+        }
+        let seqs: Vec<u64> = run.iter().map(|(seq, _)| *seq).collect();
+        sent += seqs.len();
+        shared
+            .store
+            .write(move |txn| -> Result<(), StoreError> {
+                for seq in seqs {
+                    txn.dequeue(seq);
+                }
+                Ok(())
+            })
+            .await?;
+        start = end;
+    }
+    Ok(sent)
+}
+
+/// The room for an outbox entry: named in the entry, remembered, or created now.
+async fn route_room(client: &Client, shared: &Shared, entry: &OutboxEntry) -> Result<Room, TransportError> {
+    let known = match &entry.room_id {
+        Some(room_id) => Some(room_id.clone()),
+        None => shared.store.room_for(&entry.address, &entry.peer)?,
+    };
+    if let Some(room_id) = known {
+        let room_id = RoomId::parse(&room_id).map_err(matrix_error)?;
+        return client
+            .get_room(&room_id)
+            .ok_or_else(|| matrix_error(format!("room {room_id} is not known to the client yet")));
+    }
+    let peer = node_record(&shared.routing, &entry.peer).ok_or_else(|| {
+        matrix_error(format!("node {} of org {} is not in the registry", entry.peer.node, entry.peer.org))
+    })?;
+    let peer_user: OwnedUserId = UserId::parse(&peer.matrix_user_id).map_err(matrix_error)?;
+    let route =
+        RouteState { address: entry.address.clone(), initiator: shared.local.clone(), handler: entry.peer.clone() };
+    let route_state: Raw<AnyInitialStateEvent> = Raw::from_json(
+        serde_json::value::to_raw_value(&json!({"type": ROUTE_EVENT, "state_key": "", "content": route}))
+            .map_err(matrix_error)?,
+    );
+    let encryption =
+        InitialStateEvent::new(EmptyStateKey, RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any();
+    let mut request = CreateRoom::new();
+    request.invite = vec![peer_user];
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.initial_state = vec![encryption, route_state];
+    request.name = Some(format!("axp route {}", entry.address));
+    let room = client.create_room(request).await.map_err(matrix_error)?;
+    let room_id = room.room_id().to_string();
+    let peer_ref = entry.peer.clone();
+    shared
+        .store
+        .write(move |txn| -> Result<(), StoreError> {
+            txn.remember_room(&room_id, &route, &peer_ref);
+            Ok(())
+        })
+        .await?;
+    tracing::info!(room_id = %room.room_id(), address = %entry.address, peer = %entry.peer.node, "route room created");
+    Ok(room)
+}
+
+/// Marks the peer's pinned device trusted (and only it), so that room keys reach it.
+async fn ensure_trusted(client: &Client, shared: &Shared, peer: &NodeRef) -> Result<(), TransportError> {
+    if shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&peer.node) {
+        return Ok(());
+    }
+    let record = node_record(&shared.routing, peer)
+        .ok_or_else(|| matrix_error(format!("node {} is not in the registry", peer.node)))?;
+    let user = UserId::parse(&record.matrix_user_id).map_err(matrix_error)?;
+    let device_id: matrix_sdk::ruma::OwnedDeviceId = record.device_id.clone().into();
+    let key = device_key(client, &user, &device_id).await;
+    if key.as_deref() != Some(record.device_ed25519_key.as_str()) {
+        tracing::error!(target: "axp::audit", peer = %peer.node, "the peer's device key differs from the registry's pin; not sharing room keys");
+        return Err(matrix_error(format!("device key of {} does not match the registry", peer.node)));
+    }
+    let device = client.encryption().get_device(&user, &device_id).await.map_err(matrix_error)?.ok_or_else(|| {
+        matrix_error(format!("device {} of {} not published yet", record.device_id, record.matrix_user_id))
+    })?;
+    device.set_local_trust(LocalTrust::Verified).await.map_err(matrix_error)?;
+    shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(peer.node.clone());
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The custom Matrix events nodes exchange, and the checks a receiver applies to their content.
+//!
+//! - `axp.route.v1` (state): the handler address a room carries and the two nodes in it.
+//! - `axp.intent.v1`: new intents, initiator's node to handler's node, with their first events.
+//! - `axp.lifecycle.v1`: events the owner appended, handler's node to initiator's node.
+//!
+//! Each message event carries `items`, so that several intents or events bound for the same
+//! room can share one Matrix event under load. Every event is end-to-end encrypted on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::{IntentRecord, LifecycleEvent};
+
+pub const ROUTE_EVENT: &str = "axp.route.v1";
+pub const INTENT_EVENT: &str = "axp.intent.v1";
+pub const LIFECYCLE_EVENT: &str = "axp.lifecycle.v1";
+
+/// Matrix refuses events over 64 KiB; stay well below with room for encryption overhead
+/// (base64 of the ciphertext grows it by a third).
+pub const MAX_EVENT_CONTENT_BYTES: usize = 40 * 1024;
+
+/// State of a route room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteState {
+    /// The handler address the room carries intents for.
+    pub address: String,
+    /// The initiator's node: (org, node id).
+    pub initiator: NodeRef,
+    pub handler: NodeRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub org: String,
+    pub node: String,
+}
+
+/// One intent handed to its handler's node: the record as the initiator's node created it and
+/// the events it recorded (seq 1 and 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentItem {
+    pub record: IntentRecord,
+    pub events: Vec<LifecycleEvent>,
+}
+
+/// Events the owner appended to one intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleItem {
+    pub intent_id: String,
+    pub events: Vec<LifecycleEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+/// Why a received intent is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentRefusal {
+    #[error("from_agent {from_agent} is not an address of the sending org {sender_org}")]
+    ForeignInitiator { from_agent: String, sender_org: String },
+    #[error("to_agent {to_agent} is not the address this room carries ({room_address})")]
+    WrongRoom { to_agent: String, room_address: String },
+    #[error("the intent arrives with {count} events in status {status}; expected seq 1-2 ending SUBMITTED")]
+    NotFresh { count: usize, status: String },
+}
+
+impl IntentItem {
+    /// Checks what a handler's node must know before it adopts an intent: the sender speaks
+    /// for its own org only, the intent belongs in this room, and it arrives as just submitted.
+    pub fn check(&self, sender_org: &str, room_address: &str) -> Result<(), IntentRefusal> {
+        let record = &self.record;
+        let from_org = record.from_agent.strip_prefix("agent://").and_then(|rest| rest.split('/').next());
+        if from_org != Some(sender_org) {
+            return Err(IntentRefusal::ForeignInitiator {
+                from_agent: record.from_agent.clone(),
+                sender_org: sender_org.to_owned(),
+            });
+        }
+        if record.to_agent != room_address {
+            return Err(IntentRefusal::WrongRoom {
+                to_agent: record.to_agent.clone(),
+                room_address: room_address.to_owned(),
+            });
+        }
+        let seqs: Vec<u64> = self.events.iter().map(|event| event.seq).collect();
+        if record.seq() != 2 || seqs != [1, 2] || record.status() != crate::intent::Status::Submitted {
+            return Err(IntentRefusal::NotFresh { count: self.events.len(), status: record.status().to_string() });
+        }
+        Ok(())
+    }
+}
+
+/// Splits serialised items into groups whose encoded `{"items": [...]}` stays under
+/// `MAX_EVENT_CONTENT_BYTES`. An item that cannot fit alone is returned apart.
+pub fn group_items(items: Vec<serde_json::Value>) -> (Vec<Vec<serde_json::Value>>, Vec<serde_json::Value>) {
+    let mut groups: Vec<Vec<serde_json::Value>> = Vec::new();
+    let mut oversize = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let item_size = serde_json::to_vec(&item).map_or(usize::MAX, |bytes| bytes.len()) + 1;
+        if item_size + 16 > MAX_EVENT_CONTENT_BYTES {
+            oversize.push(item);
+            continue;
+        }
+        match groups.last_mut() {
+            Some(group) if size + item_size + 16 <= MAX_EVENT_CONTENT_BYTES => {
+                size += item_size;
+                group.push(item);
+            }
+            _ => {
+                size = item_size;
+                groups.push(vec![item]);
+            }
+        }
+    }
+    (groups, oversize)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, json};
+
+    use super::*;
+    use crate::intent::NewIntent;
+
+    fn item(from: &str, to: &str) -> IntentItem {
+        let new = NewIntent {
+            intent_type: "intent.t.v1".into(),
+            correlation_id: "c".into(),
+            from_agent: from.into(),
+            to_agent: to.into(),
+            reply_to: None,
+            payload: json!({}),
+            options: Map::new(),
+        };
+        let (record, events) = IntentRecord::submit(new, "id".into(), from, "t");
+        IntentItem { record, events }
+    }
+
+    #[test]
+    fn a_fresh_intent_from_the_senders_org_for_this_room_is_accepted() {
+        assert_eq!(item("agent://acme/a", "agent://globex/b").check("acme", "agent://globex/b"), Ok(()));
+    }
+
+    #[test]
+    fn senders_cannot_speak_for_other_orgs_or_misroute_or_replay_history() {
+        let foreign = item("agent://initech/a", "agent://globex/b");
+        assert!(matches!(foreign.check("acme", "agent://globex/b"), Err(IntentRefusal::ForeignInitiator { .. })));
+        let misrouted = item("agent://acme/a", "agent://globex/other");
+        assert!(matches!(misrouted.check("acme", "agent://globex/b"), Err(IntentRefusal::WrongRoom { .. })));
+        let mut advanced = item("agent://acme/a", "agent://globex/b");
+        advanced.events.pop();
+        assert!(matches!(advanced.check("acme", "agent://globex/b"), Err(IntentRefusal::NotFresh { .. })));
+    }
+
+    #[test]
+    fn items_are_grouped_under_the_event_size_limit() {
+        let small = json!({"x": "y".repeat(1000)});
+        let huge = json!({"x": "y".repeat(MAX_EVENT_CONTENT_BYTES)});
+        let mut items = vec![small.clone(); 100];
+        items.insert(3, huge.clone());
+        let (groups, oversize) = group_items(items);
+        assert_eq!(oversize, vec![huge]);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 100);
+        for group in &groups {
+            let encoded = serde_json::to_vec(&json!({"items": group})).unwrap();
+            assert!(encoded.len() <= MAX_EVENT_CONTENT_BYTES, "{}", encoded.len());
+        }
+        assert!(groups.len() >= 3, "100 KB of items need several events");
+    }
+}

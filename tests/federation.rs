@@ -1,0 +1,138 @@
+//! Two orgs, two real Synapse homeservers federating over loopback, two real nodes: an intent
+//! submitted at acme for a globex agent travels encrypted to globex's node, is delivered to
+//! the agent, and its whole lifecycle flows back to acme, event for event.
+//!
+//! The homeservers come from `federation/up` (the kit the README's test command sets up); a
+//! missing kit fails these tests, it never skips them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Api, spawn_node};
+use serde_json::{Value, json};
+
+struct Kit {
+    dir: tempfile::TempDir,
+    description: Value,
+    nodes: Vec<(String, Child, Api)>,
+}
+
+impl Drop for Kit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for org in ["acme", "globex"] {
+                let log = std::fs::read_to_string(self.dir.path().join(org).join("node/node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                eprintln!("--- {org} node log (last lines)\n{}", tail.join("\n"));
+            }
+        }
+        for (_, child, _) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(repo().join("federation/down")).arg("--dir").arg(self.dir.path()).status();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Brings up both homeservers with a port block of its own, provisions the nodes and starts them.
+fn start(base_port: u16) -> Kit {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(repo().join("federation/up"))
+        .args(["--dir", dir.path().to_str().unwrap(), "--base-port", &base_port.to_string(), "--no-nodes"])
+        .env("AXP_BIN", common::AXP)
+        .output()
+        .expect("federation/up runs (scripts/test sets up the kit)");
+    assert!(
+        output.status.success(),
+        "federation/up failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let description: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("federation.json")).unwrap()).unwrap();
+    let mut kit = Kit { dir, description, nodes: Vec::new() };
+    let nodes: Vec<Value> = kit.description["nodes"].as_object().unwrap().values().cloned().collect();
+    for node in nodes {
+        let config = PathBuf::from(node["config"].as_str().unwrap());
+        let (child, url) =
+            spawn_node(&config).unwrap_or_else(|error| panic!("node {} did not start: {error}", node["org"]));
+        let api = Api { http: reqwest::Client::new(), url, key: node["admin_key"].as_str().unwrap().to_owned() };
+        kit.nodes.push((node["org"].as_str().unwrap().to_owned(), child, api));
+    }
+    kit
+}
+
+impl Kit {
+    fn api(&self, org: &str) -> &Api {
+        &self.nodes.iter().find(|(name, _, _)| name == org).unwrap().2
+    }
+}
+
+async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
+    let kit = start(18100);
+    let acme = kit.api("acme");
+    let globex = kit.api("globex");
+    let handler = "agent://globex/sales/bot";
+
+    let (status, body) = acme.post("/v1/intents", common::intent_body("agent://acme/ops/buyer", handler)).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["intent_id"].as_str().unwrap().to_owned();
+
+    // globex's agent listens as usual; the intent arrives over Matrix.
+    let delivery = eventually("the delivery at globex", Duration::from_secs(60), async || {
+        let frames = globex.frames("/v1/agents/globex/sales/bot/intents/stream?since=0&wait_seconds=1").await;
+        frames.into_iter().map(|(_, data)| data).find(|data| data["intent_id"] == id.as_str())
+    })
+    .await;
+    assert_eq!(delivery["from_agent"], "agent://acme/ops/buyer");
+    assert_eq!(delivery["payload"], json!({"n": 1}));
+
+    let (status, body) = globex.post(&format!("/v1/intents/{id}/transition"), json!({"status": "IN_PROGRESS"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = globex
+        .post(&format!("/v1/intents/{id}/resolve"), json!({"status": "COMPLETED", "result": {"deal": true}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let owner_log = globex.events(&id).await;
+    assert_eq!(owner_log.len(), 5, "{owner_log:#?}");
+    let replica_log = eventually("acme's replica to catch up", Duration::from_secs(30), async || {
+        let log = acme.events(&id).await;
+        (log.len() == owner_log.len()).then_some(log)
+    })
+    .await;
+    assert_eq!(replica_log, owner_log, "acme's replica is identical, event for event");
+    assert_eq!(acme.status(&id).await, "COMPLETED");
+    let (_, intent) = acme.get(&format!("/v1/intents/{id}")).await;
+    assert_eq!(intent["intent"]["result"], json!({"deal": true}));
+
+    // acme's SSE shows the same events with the same seqs.
+    let frames = acme.frames(&format!("/v1/intents/{id}/events/stream?since=0&wait_seconds=5")).await;
+    let streamed: Vec<Value> =
+        frames.into_iter().filter(|(name, _)| name.starts_with("intent.")).map(|(_, data)| data).collect();
+    assert_eq!(streamed, owner_log);
+
+    // The replica is not a second owner: acme cannot change it locally.
+    let (status, body) =
+        acme.post(&format!("/v1/intents/{id}/resolve"), json!({"status": "CANCELED", "reason": "x"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("owned_by_remote_node")), "{body}");
+}
