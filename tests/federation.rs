@@ -131,8 +131,79 @@ async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
         frames.into_iter().filter(|(name, _)| name.starts_with("intent.")).map(|(_, data)| data).collect();
     assert_eq!(streamed, owner_log);
 
-    // The replica is not a second owner: acme cannot change it locally.
+    // The replica is not a second owner: acme cannot report the handler's progress, and a
+    // terminal intent stays terminal.
+    let (status, body) = acme.post(&format!("/v1/intents/{id}/transition"), json!({"status": "IN_PROGRESS"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("owned_by_remote_node")), "{body}");
     let (status, body) =
         acme.post(&format!("/v1/intents/{id}/resolve"), json!({"status": "CANCELED", "reason": "x"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("owned_by_remote_node")), "{body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("intent_terminal")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initiator_resumes_and_cancels_through_the_owner() {
+    let kit = start(18150);
+    let acme = kit.api("acme");
+    let globex = kit.api("globex");
+    let send = async || {
+        let (status, body) =
+            acme.post("/v1/intents", common::intent_body("agent://acme/ops/buyer", "agent://globex/sales/bot")).await;
+        assert_eq!(status, 200, "{body}");
+        body["intent_id"].as_str().unwrap().to_owned()
+    };
+    let waiting = send().await;
+    let doomed = send().await;
+    for id in [&waiting, &doomed] {
+        eventually("the intent at globex", Duration::from_secs(60), async || {
+            (globex.get(&format!("/v1/intents/{id}")).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let (status, _) = globex
+        .post(
+            &format!("/v1/intents/{waiting}/transition"),
+            json!({"status": "WAITING", "waiting_reason": "WAITING_FOR_HUMAN"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("WAITING at acme", Duration::from_secs(30), async || {
+        (acme.status(&waiting).await == "WAITING").then_some(())
+    })
+    .await;
+
+    // A person at acme approves: the request travels to globex, which sequences it.
+    let (status, body) =
+        acme.post(&format!("/v1/intents/{waiting}/resume"), json!({"reason": "approved by finance"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["forwarded"].as_bool(), body["applied"].as_bool()), (Some(true), Some(false)));
+    eventually("IN_PROGRESS at globex", Duration::from_secs(30), async || {
+        (globex.status(&waiting).await == "IN_PROGRESS").then_some(())
+    })
+    .await;
+    let (status, body) = acme
+        .post(&format!("/v1/intents/{doomed}/resolve"), json!({"status": "CANCELED", "reason": "no longer needed"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("CANCELED at globex", Duration::from_secs(30), async || {
+        (globex.status(&doomed).await == "CANCELED").then_some(())
+    })
+    .await;
+
+    for id in [&waiting, &doomed] {
+        let owner_log = globex.events(id).await;
+        let replica = eventually("acme's replica", Duration::from_secs(30), async || {
+            let log = acme.events(id).await;
+            (log == owner_log).then_some(log)
+        })
+        .await;
+        assert!(
+            replica.iter().any(|event| event["actor"] == "agent://acme/ops/buyer"
+                || event["actor"].as_str().unwrap_or("").starts_with("key:")),
+            "{replica:#?}"
+        );
+    }
+    let resumed = globex.events(&waiting).await;
+    assert_eq!(resumed.last().unwrap()["details"]["reason"], "approved by finance");
+    let canceled = globex.events(&doomed).await;
+    assert_eq!(canceled.last().unwrap()["details"]["reason"], "no longer needed");
 }

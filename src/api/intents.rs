@@ -13,10 +13,13 @@ use super::extract::{Caller, Fields, JsonBody};
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
-use crate::intent::{IntentRecord, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
+use crate::intent::{IntentRecord, LifecycleError, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
 use crate::routing::Route;
-use crate::store::{Feed, IdempotencyCheck, IdempotencyScope, LinkRole, RemoteLink, StoredIntent, Txn, canonical_hash};
-use crate::transport::wire::{MAX_EVENT_CONTENT_BYTES, NodeRef};
+use crate::store::{
+    Feed, IdempotencyCheck, IdempotencyScope, LinkRole, OutboxEntry, OutboxKind, RemoteLink, StoredIntent, Txn,
+    canonical_hash,
+};
+use crate::transport::wire::{ControlAction, ControlItem, MAX_EVENT_CONTENT_BYTES, NodeRef};
 
 /// Most events one `GET .../events` returns; callers page on with `since`.
 const MAX_EVENTS_PAGE: usize = 1000;
@@ -329,11 +332,15 @@ pub struct OwnerQuery {
 
 /// Common shape of the intent operations: load, authorise and change the intent inside one
 /// write, persisting the events the change appended. `change` returns the answer and those events.
+///
+/// On a replica (the handler's node owns the log) nothing changes here: a request the owner
+/// can sequence (`forward`) is queued for it as a control event, anything else is refused.
 async fn operate(
     state: &AppState,
     caller: Caller,
     id: &str,
     idempotency: Option<Idempotency>,
+    forward: Option<ControlItem>,
     change: impl FnOnce(&Caller, &mut StoredIntent) -> ApiResult<(Value, Vec<LifecycleEvent>)> + Send + 'static,
 ) -> ApiResult<Json<Value>> {
     let id = parse_intent_id(id)?;
@@ -343,7 +350,27 @@ async fn operate(
             once(txn, idempotency, |txn| {
                 let mut stored = visible(txn.intent(id)?, &caller, id)?;
                 if stored.is_replica() {
-                    return Err(owned_elsewhere(&stored));
+                    let Some(mut control) = forward else { return Err(owned_elsewhere(&stored)) };
+                    if stored.record.status().is_terminal() {
+                        return Err(LifecycleError::Terminal { status: stored.record.status() }.into());
+                    }
+                    let link = stored.link.as_ref().expect("a replica has a link");
+                    control.intent_id = stored.record.intent_id.clone();
+                    txn.enqueue(&OutboxEntry {
+                        peer: link.peer.clone(),
+                        address: stored.record.to_agent.clone(),
+                        room_id: None,
+                        kind: OutboxKind::Control,
+                        item: serde_json::to_value(&control).expect("controls serialise"),
+                    })?;
+                    return Ok(json!({
+                        "ok": true,
+                        "applied": false,
+                        "forwarded": true,
+                        "reason": "forwarded_to_owner",
+                        "owner": link.peer.node,
+                        "intent": views::intent(&stored),
+                    }));
                 }
                 let (answer, events) = change(&caller, &mut stored)?;
                 txn.update_intent(&stored, &events)?;
@@ -399,7 +426,15 @@ pub async fn resolve(
     fields.string("reason")?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, move |caller, stored| {
+    let forward = match &outcome {
+        ResolveOutcome::Canceled { reason } => Some(ControlItem {
+            intent_id: id.clone(),
+            actor: actor.clone(),
+            action: ControlAction::Cancel { reason: reason.clone() },
+        }),
+        _ => None,
+    };
+    operate(&state, caller, &id, idempotency, forward, move |caller, stored| {
         if !matches!(outcome, ResolveOutcome::Canceled { .. }) {
             require_handler(caller, stored, "complete or fail this intent")?;
         }
@@ -451,13 +486,18 @@ pub async fn resume(
     // Whatever else the caller sends is the step's input (a task result, a callback payload):
     // agents put their result fields here, so it is kept rather than refused.
     let input = fields.into_rest();
-    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+    let details = json!({"resumed": true, "approved": approve, "reason": reason, "input": input});
+    let forward = ControlItem {
+        intent_id: id.clone(),
+        actor: actor.clone(),
+        action: ControlAction::Resume { approve, details: details.clone() },
+    };
+    operate(&state, caller, &id, idempotency, Some(forward), move |_caller, stored| {
         if let Some(expected) = expected_generation
             && expected != stored.record.policy_generation()
         {
             return Ok((stale(stored), vec![]));
         }
-        let details = json!({"resumed": true, "approved": approve, "reason": reason, "input": input});
         let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
         let answer = json!({
             "ok": true,
@@ -491,7 +531,7 @@ pub async fn controls(
     fields.string("actor")?;
     fields.boolean("internal_scheduler")?;
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+    operate(&state, caller, &id, idempotency, None, move |_caller, stored| {
         let update = stored.record.update_policy(expected_generation, Some(&patch), None, None, &now_rfc3339())?;
         Ok((policy_answer(update), vec![]))
     })
@@ -520,7 +560,7 @@ pub async fn policy(
     fields.string("actor")?;
     fields.boolean("internal_scheduler")?;
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, move |_caller, stored| {
+    operate(&state, caller, &id, idempotency, None, move |_caller, stored| {
         let update = stored.record.update_policy(
             expected_generation,
             None,
@@ -570,7 +610,7 @@ pub async fn transition(
         .map_err(|error| ApiError::invalid("waiting_reason", error))?;
     let details = fields.object("details")?.map(Value::Object).unwrap_or_else(|| json!({}));
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, move |caller, stored| {
+    operate(&state, caller, &id, idempotency, None, move |caller, stored| {
         require_handler(caller, stored, "report progress on this intent")?;
         let event = stored.record.transition(status, waiting_reason, Some(&actor), details, &now_rfc3339())?;
         let answer = json!({"ok": true, "intent": views::intent(stored), "event": views::event(&event)});

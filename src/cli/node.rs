@@ -56,8 +56,13 @@ pub fn run(command: NodeCommand, log_format: Option<LogFormat>) -> anyhow::Resul
     }
 }
 
+/// matrix-sdk logs expected 404s (absent account data) as errors and warns about key backups
+/// the node does not use on every room key; the node logs the failures that matter itself.
+const DEFAULT_LOG_FILTER: &str = "info,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error";
+
 fn init_logging(format: LogFormat, filter: Option<&str>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter.unwrap_or("info")));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter.unwrap_or(DEFAULT_LOG_FILTER)));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     match format {

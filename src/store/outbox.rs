@@ -17,6 +17,7 @@ const OUTBOX_COUNTER: &[u8] = b"m/outbox";
 pub enum OutboxKind {
     Intent,
     Lifecycle,
+    Control,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,9 +32,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::wire::{
-    INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem, NodeRef, ROUTE_EVENT, RouteState, group_items,
+    CONTROL_EVENT, ControlAction, ControlItem, INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem,
+    NodeRef, ROUTE_EVENT, RouteState, group_items,
 };
 use crate::config::{Config, MatrixSection};
+use crate::intent::ResolveOutcome;
 use crate::registry::NodeRecord;
 use crate::routing::Routing;
 use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError};
@@ -339,6 +341,7 @@ async fn on_timeline_event(
     let outcome = match kind.as_str() {
         INTENT_EVENT if route.handler == shared.local => adopt_intents(&shared, &room, &route, &peer, content).await,
         LIFECYCLE_EVENT if route.initiator == shared.local => apply_lifecycle(&shared, &peer, content).await,
+        CONTROL_EVENT if route.handler == shared.local => apply_controls(&shared, &peer, content).await,
         other => {
             audit_drop("unexpected_event", room.room_id(), &sender, other);
             return;
@@ -430,6 +433,46 @@ async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Res
         .await
 }
 
+/// Sequences the initiator's requests (cancel, resume) on intents this node owns for it; the
+/// resulting events go back like any other. A request the lifecycle refuses changes nothing.
+async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
+    let Ok(Items { items }) = serde_json::from_value::<Items<ControlItem>>(content) else {
+        tracing::warn!(target: "axp::audit", decision = "dropped", reason = "malformed", peer = %peer.node, "control event");
+        return Ok(());
+    };
+    let peer = peer.clone();
+    shared
+        .store
+        .write(move |txn| -> Result<(), StoreError> {
+            for item in items {
+                let Ok(id) = uuid::Uuid::parse_str(&item.intent_id) else { continue };
+                let Some(mut stored) = txn.intent(id)? else { continue };
+                let from_initiator = stored.link.as_ref().is_some_and(|link| link.role == LinkRole::Handler && link.peer == peer);
+                if !from_initiator {
+                    tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_initiator", intent_id = %id, peer = %peer.node, "control event");
+                    continue;
+                }
+                let actor = item.actor_for(&peer);
+                let at = crate::clock::now_rfc3339();
+                let outcome = match item.action {
+                    ControlAction::Cancel { reason } => {
+                        stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
+                    }
+                    ControlAction::Resume { approve, details } => {
+                        stored.record.resume(approve, details, Some(&actor), &at).map(|outcome| outcome.events)
+                    }
+                };
+                match outcome {
+                    Ok(events) if !events.is_empty() => txn.update_intent(&stored, &events)?,
+                    Ok(_) => {}
+                    Err(error) => tracing::info!(%error, intent_id = %id, "initiator's request not applied"),
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
 /// Drains the outbox: groups entries bound for the same room into one event, sends it with a
 /// transaction id derived from the entries (a retry after a crash does not duplicate it), and
 /// deletes the entries once the homeserver accepted the event.
@@ -492,6 +535,7 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
         let event_type = match first.kind {
             OutboxKind::Intent => INTENT_EVENT,
             OutboxKind::Lifecycle => LIFECYCLE_EVENT,
+            OutboxKind::Control => CONTROL_EVENT,
         };
         let first_seq = run[0].0;
         for (index, group) in groups.into_iter().enumerate() {

@@ -3,6 +3,7 @@
 //! - `axp.route.v1` (state): the handler address a room carries and the two nodes in it.
 //! - `axp.intent.v1`: new intents, initiator's node to handler's node, with their first events.
 //! - `axp.lifecycle.v1`: events the owner appended, handler's node to initiator's node.
+//! - `axp.control.v1`: requests of the initiator (cancel, resume) for the owner to sequence.
 //!
 //! Each message event carries `items`, so that several intents or events bound for the same
 //! room can share one Matrix event under load. Every event is end-to-end encrypted on the wire.
@@ -14,6 +15,7 @@ use crate::intent::{IntentRecord, LifecycleEvent};
 pub const ROUTE_EVENT: &str = "axp.route.v1";
 pub const INTENT_EVENT: &str = "axp.intent.v1";
 pub const LIFECYCLE_EVENT: &str = "axp.lifecycle.v1";
+pub const CONTROL_EVENT: &str = "axp.control.v1";
 
 /// Matrix refuses events over 64 KiB; stay well below with room for encryption overhead
 /// (base64 of the ciphertext grows it by a third).
@@ -48,6 +50,31 @@ pub struct IntentItem {
 pub struct LifecycleItem {
     pub intent_id: String,
     pub events: Vec<LifecycleEvent>,
+}
+
+/// A request the initiator's side makes of the intent's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlItem {
+    pub intent_id: String,
+    /// The initiator-side address (or key) that asked.
+    pub actor: String,
+    #[serde(flatten)]
+    pub action: ControlAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ControlAction {
+    Cancel { reason: String },
+    Resume { approve: bool, details: serde_json::Value },
+}
+
+impl ControlItem {
+    /// The actor as the owner records it: the initiator's node speaks only for its own org.
+    pub fn actor_for(&self, peer: &NodeRef) -> String {
+        let prefix = format!("agent://{}/", peer.org);
+        if self.actor.starts_with(&prefix) { self.actor.clone() } else { format!("node:{}", peer.node) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +180,20 @@ mod tests {
         let mut advanced = item("agent://acme/a", "agent://globex/b");
         advanced.events.pop();
         assert!(matches!(advanced.check("acme", "agent://globex/b"), Err(IntentRefusal::NotFresh { .. })));
+    }
+
+    #[test]
+    fn control_actors_outside_the_peers_org_become_the_peer_node() {
+        let peer = NodeRef { org: "acme".into(), node: "acme-node-1".into() };
+        let control = |actor: &str| ControlItem {
+            intent_id: "i".into(),
+            actor: actor.into(),
+            action: ControlAction::Cancel { reason: "r".into() },
+        };
+        assert_eq!(control("agent://acme/ops/a").actor_for(&peer), "agent://acme/ops/a");
+        assert_eq!(control("agent://globex/ops/a").actor_for(&peer), "node:acme-node-1");
+        let wire = serde_json::to_value(control("x")).unwrap();
+        assert_eq!(wire, json!({"intent_id": "i", "actor": "x", "action": "cancel", "reason": "r"}));
     }
 
     #[test]
