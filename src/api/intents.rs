@@ -428,6 +428,7 @@ pub async fn resolve(
     fields.finish()?;
     let forward = match &outcome {
         ResolveOutcome::Canceled { reason } => Some(ControlItem {
+            request_id: Uuid::now_v7().to_string(),
             intent_id: id.clone(),
             actor: actor.clone(),
             action: ControlAction::Cancel { reason: reason.clone() },
@@ -488,6 +489,7 @@ pub async fn resume(
     let input = fields.into_rest();
     let details = json!({"resumed": true, "approved": approve, "reason": reason, "input": input});
     let forward = ControlItem {
+        request_id: Uuid::now_v7().to_string(),
         intent_id: id.clone(),
         actor: actor.clone(),
         action: ControlAction::Resume { approve, details: details.clone() },

@@ -22,6 +22,7 @@
 //! | `x/` | outbox seq (u64 BE) | message for another node, until sent |
 //! | `R/` | handler address, 0, peer org, 0, peer node | route room id |
 //! | `Q/` | room id | the room's route |
+//! | `C/` | control request id | nothing: the peer's request was applied |
 //! | `m/` | name | node metadata and counters |
 
 mod agents;

@@ -33,6 +33,10 @@ pub struct OutboxEntry {
     pub item: Value,
 }
 
+fn control_key(request_id: &str) -> Vec<u8> {
+    [b"C/".as_slice(), request_id.as_bytes()].concat()
+}
+
 fn entry_key(seq: u64) -> Vec<u8> {
     [b"x/".as_slice(), &seq.to_be_bytes()].concat()
 }
@@ -55,6 +59,16 @@ impl Txn<'_> {
 
     pub fn dequeue(&mut self, seq: u64) {
         self.remove(entry_key(seq));
+    }
+
+    /// Records that a peer's control request was handled; false if it already was.
+    pub fn first_sight_of_control(&mut self, request_id: &str) -> Result<bool, StoreError> {
+        let key = control_key(request_id);
+        if self.get(&key)?.is_some() {
+            return Ok(false);
+        }
+        self.put(key, Vec::new());
+        Ok(true)
     }
 
     /// Remembers a route room in both directions: by (address, peer) and by room id.

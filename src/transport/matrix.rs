@@ -172,7 +172,7 @@ pub async fn start(
     client.add_event_handler(on_invite);
     client.add_event_handler(on_timeline_event);
     tracing::info!(user_id = %matrix.user_id, device_id = ?client.device_id(), "Matrix transport started");
-    Ok(vec![tokio::spawn(sync_loop(client.clone())), tokio::spawn(send_loop(client, shared))])
+    Ok(vec![tokio::spawn(sync_loop(client.clone(), shared.clone())), tokio::spawn(send_loop(client, shared))])
 }
 
 fn local_node(routing: &Routing, org: &str, user_id: &str) -> Result<NodeRef, TransportError> {
@@ -201,12 +201,32 @@ fn audit_drop(reason: &str, room: &RoomId, sender: &str, detail: &str) {
 }
 
 /// Our own loop over `sync_once`: the SDK's `sync()` waits up to a second between requests.
-async fn sync_loop(client: Client) {
+/// After the first sync of a run, and for every room whose timeline came back limited, the
+/// room's recent history is handled again (see [`backfill`]).
+async fn sync_loop(client: Client, shared: Arc<Shared>) {
     let settings = SyncSettings::default().timeout(SYNC_TIMEOUT);
     let mut backoff = Duration::from_millis(200);
+    let mut first = true;
     loop {
         match client.sync_once(settings.clone()).await {
-            Ok(_) => backoff = Duration::from_millis(200),
+            Ok(response) => {
+                backoff = Duration::from_millis(200);
+                let rooms: Vec<Room> = if first {
+                    client.joined_rooms()
+                } else {
+                    response
+                        .rooms
+                        .joined
+                        .iter()
+                        .filter(|(_, update)| update.timeline.limited)
+                        .filter_map(|(room_id, _)| client.get_room(room_id))
+                        .collect()
+                };
+                first = false;
+                for room in rooms {
+                    backfill(&client, &shared, &room).await;
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "Matrix sync failed");
                 tokio::time::sleep(backoff).await;
@@ -326,6 +346,18 @@ async fn on_timeline_event(
     encryption: Option<EncryptionInfo>,
     shared: Ctx<Arc<Shared>>,
 ) {
+    handle_event(&client, &room, &shared, &raw, encryption.as_ref()).await;
+}
+
+/// Handles one timeline event, live or back-filled. Handling is idempotent (intents are
+/// adopted once, events applied by seq), so an event seen twice changes nothing.
+async fn handle_event(
+    client: &Client,
+    room: &Room,
+    shared: &Shared,
+    raw: &Raw<AnySyncTimelineEvent>,
+    encryption: Option<&EncryptionInfo>,
+) {
     let Ok(Some(kind)) = raw.get_field::<String>("type") else { return };
     if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
         return;
@@ -334,14 +366,12 @@ async fn on_timeline_event(
     if client.user_id().is_some_and(|own| own.as_str() == sender) {
         return;
     }
-    let Some((route, peer)) = verified_peer(&client, &room, &shared, encryption.as_ref(), &sender).await else {
-        return;
-    };
+    let Some((route, peer)) = verified_peer(client, room, shared, encryption, &sender).await else { return };
     let content: Value = raw.get_field("content").ok().flatten().unwrap_or(Value::Null);
     let outcome = match kind.as_str() {
-        INTENT_EVENT if route.handler == shared.local => adopt_intents(&shared, &room, &route, &peer, content).await,
-        LIFECYCLE_EVENT if route.initiator == shared.local => apply_lifecycle(&shared, &peer, content).await,
-        CONTROL_EVENT if route.handler == shared.local => apply_controls(&shared, &peer, content).await,
+        INTENT_EVENT if route.handler == shared.local => adopt_intents(shared, room, &route, &peer, content).await,
+        LIFECYCLE_EVENT if route.initiator == shared.local => apply_lifecycle(shared, &peer, content).await,
+        CONTROL_EVENT if route.handler == shared.local => apply_controls(shared, &peer, content).await,
         other => {
             audit_drop("unexpected_event", room.room_id(), &sender, other);
             return;
@@ -349,6 +379,26 @@ async fn on_timeline_event(
     };
     if let Err(error) = outcome {
         tracing::error!(%error, room_id = %room.room_id(), kind, "could not persist a received Matrix event");
+    }
+}
+
+/// How many recent events of a route room are handled again after a restart or a gap.
+const BACKFILL_EVENTS: u32 = 200;
+
+/// Handles the recent history of `room` again. matrix-sdk stores the sync token before it
+/// runs event handlers, so a node killed in between would otherwise never see those events;
+/// a limited (gappy) sync timeline skips events the same way.
+async fn backfill(client: &Client, shared: &Shared, room: &Room) {
+    let mut options = matrix_sdk::room::MessagesOptions::backward();
+    options.limit = BACKFILL_EVENTS.into();
+    match room.messages(options).await {
+        Ok(messages) => {
+            for event in messages.chunk.iter().rev() {
+                let encryption = event.encryption_info().map(|info| (**info).clone());
+                handle_event(client, room, shared, event.raw(), encryption.as_ref()).await;
+            }
+        }
+        Err(error) => tracing::warn!(%error, room_id = %room.room_id(), "back-fill of a route room failed"),
     }
 }
 
@@ -450,6 +500,9 @@ async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Resu
                 let from_initiator = stored.link.as_ref().is_some_and(|link| link.role == LinkRole::Handler && link.peer == peer);
                 if !from_initiator {
                     tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_initiator", intent_id = %id, peer = %peer.node, "control event");
+                    continue;
+                }
+                if !txn.first_sight_of_control(&item.request_id)? {
                     continue;
                 }
                 let actor = item.actor_for(&peer);

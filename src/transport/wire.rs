@@ -55,6 +55,8 @@ pub struct LifecycleItem {
 /// A request the initiator's side makes of the intent's owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlItem {
+    /// Unique per request: the owner applies each request once, however often it arrives.
+    pub request_id: String,
     pub intent_id: String,
     /// The initiator-side address (or key) that asked.
     pub actor: String,
@@ -186,6 +188,7 @@ mod tests {
     fn control_actors_outside_the_peers_org_become_the_peer_node() {
         let peer = NodeRef { org: "acme".into(), node: "acme-node-1".into() };
         let control = |actor: &str| ControlItem {
+            request_id: "q".into(),
             intent_id: "i".into(),
             actor: actor.into(),
             action: ControlAction::Cancel { reason: "r".into() },
@@ -193,7 +196,7 @@ mod tests {
         assert_eq!(control("agent://acme/ops/a").actor_for(&peer), "agent://acme/ops/a");
         assert_eq!(control("agent://globex/ops/a").actor_for(&peer), "node:acme-node-1");
         let wire = serde_json::to_value(control("x")).unwrap();
-        assert_eq!(wire, json!({"intent_id": "i", "actor": "x", "action": "cancel", "reason": "r"}));
+        assert_eq!(wire, json!({"request_id": "q", "intent_id": "i", "actor": "x", "action": "cancel", "reason": "r"}));
     }
 
     #[test]
