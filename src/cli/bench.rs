@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 const INITIATOR: &str = "agent://bench/local/initiator";
 const AGENT: &str = "agent://bench/local/agent";
+const SINK: &str = "agent://bench/local/sink";
+const FEDERATED_INITIATOR: &str = "agent://acme/ops/bench";
+const FEDERATED_AGENT: &str = "agent://globex/sales/bench";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -32,12 +35,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         lifecycles: usize,
     },
+    /// Against a running federation kit (`federation/up`): the bare matrix-sdk round trip
+    /// between the two homeservers, the cross-org lifecycle latency, and sustained cross-org
+    /// intents/s.
+    Federation {
+        /// The kit's directory (holds federation.json).
+        #[arg(long, default_value = ".federation")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        round_trips: usize,
+        #[arg(long, default_value_t = 100)]
+        lifecycles: usize,
+        /// Intents sent for the throughput figure.
+        #[arg(long, default_value_t = 2_000)]
+        intents: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Local { serial_creates, concurrent_creates, concurrency, lifecycles } => {
             super::runtime()?.block_on(local(serial_creates, concurrent_creates, concurrency, lifecycles))
+        }
+        BenchCommand::Federation { dir, round_trips, lifecycles, intents, concurrency } => {
+            super::runtime()?.block_on(federation(&dir, round_trips, lifecycles, intents, concurrency))
         }
     }
 }
@@ -99,7 +122,7 @@ async fn local(serial: usize, concurrent: usize, concurrency: usize, lifecycles:
     let (rate, latencies) = creates(&client, concurrent, concurrency).await?;
     report(&format!("durable creates, concurrency {concurrency}, n={concurrent}"), rate, &latencies);
     let cpu = cpu_used(pid, cpu, concurrent);
-    let latencies = lifecycle(&client, lifecycles).await?;
+    let latencies = lifecycle(&client, &client, (INITIATOR, AGENT), lifecycles).await?;
     report(&format!("local lifecycle (create -> listen -> resolve -> observed), n={lifecycles}"), 0.0, &latencies);
     cpu_used(pid, cpu, lifecycles);
     println!("node peak RSS: {}", peak_rss(node.child.id()).unwrap_or_else(|| "unknown".into()));
@@ -129,7 +152,7 @@ fn create_body(index: usize) -> Value {
         "intent_type": "intent.bench.v1",
         "correlation_id": uuid::Uuid::new_v4().to_string(),
         "from_agent": INITIATOR,
-        "to_agent": "agent://bench/local/sink",
+        "to_agent": SINK,
         "payload": {"index": index, "note": "a small payload of a typical size for a task description"},
     })
 }
@@ -164,10 +187,47 @@ async fn creates(client: &Client, total: usize, concurrency: usize) -> anyhow::R
 
 /// One agent listens and resolves each delivery at once; the initiator creates an intent,
 /// follows its event stream and stops the clock at the terminal event.
-async fn lifecycle(client: &Client, count: usize) -> anyhow::Result<Vec<Duration>> {
+async fn lifecycle(
+    client: &Client,
+    agent: &Client,
+    route: (&str, &str),
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let (listen, resolve) = run_agent(agent, route.1);
+    let mut latencies = Vec::with_capacity(count);
+    for index in 0..count {
+        latencies.push(one_lifecycle(client, route, index).await?);
+    }
+    listen.abort();
+    resolve.abort();
+    Ok(latencies)
+}
+
+/// Creates an intent from `route.0` to `route.1` and follows it until `intent.completed`.
+async fn one_lifecycle(client: &Client, (from, to): (&str, &str), index: usize) -> anyhow::Result<Duration> {
+    let mut body = create_body(index);
+    body["from_agent"] = json!(from);
+    body["to_agent"] = json!(to);
+    let started = Instant::now();
+    let created = client.post("/v1/intents", &body, None).await?;
+    let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
+    let mut done = false;
+    while !done {
+        client
+            .stream(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30"), |frame| {
+                done |= frame.event == "intent.completed";
+                !done
+            })
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// An agent that listens at `agent_address` and resolves every delivery COMPLETED at once.
+fn run_agent(client: &Client, agent_address: &str) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
     let (deliveries, mut received) = mpsc::unbounded_channel::<String>();
     let listener = client.clone();
-    let agent_path = AGENT.trim_start_matches("agent://");
+    let agent_path = agent_address.trim_start_matches("agent://").to_owned();
     let listen = tokio::spawn(async move {
         let mut since = 0u64;
         loop {
@@ -190,34 +250,117 @@ async fn lifecycle(client: &Client, count: usize) -> anyhow::Result<Vec<Duration
     });
     let resolver = client.clone();
     let resolve = tokio::spawn(async move {
+        // Resolves concurrently, so that the agent keeps up under load.
+        let permits = Arc::new(tokio::sync::Semaphore::new(32));
         while let Some(id) = received.recv().await {
-            let body = json!({"status": "COMPLETED", "result": {"ok": true}});
-            if resolver.post(&format!("/v1/intents/{id}/resolve"), &body, None).await.is_err() {
-                return;
-            }
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let resolver = resolver.clone();
+            tokio::spawn(async move {
+                let body = json!({"status": "COMPLETED", "result": {"ok": true}});
+                let _ = resolver.post(&format!("/v1/intents/{id}/resolve"), &body, None).await;
+                drop(permit);
+            });
         }
     });
-    let mut latencies = Vec::with_capacity(count);
-    for index in 0..count {
-        let mut body = create_body(index);
-        body["to_agent"] = json!(AGENT);
-        let started = Instant::now();
-        let created = client.post("/v1/intents", &body, None).await?;
-        let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
-        let mut done = false;
-        while !done {
-            client
-                .stream(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30"), |frame| {
-                    done |= frame.event == "intent.completed";
-                    !done
-                })
-                .await?;
-        }
-        latencies.push(started.elapsed());
+    (listen, resolve)
+}
+
+/// The figures of one federation kit: nodes' URLs and admin keys, and the homeservers'
+/// observer accounts used for the bare matrix-sdk floor.
+struct KitView {
+    acme: Client,
+    globex: Client,
+    observers: [transport_floor::Account; 2],
+}
+
+use axp::transport::floor as transport_floor;
+
+fn read_kit(dir: &std::path::Path) -> anyhow::Result<KitView> {
+    let path = dir.join("federation.json");
+    let text =
+        std::fs::read(&path).with_context(|| format!("cannot read {} (run federation/up first)", path.display()))?;
+    let kit: Value = serde_json::from_slice(&text)?;
+    let node = |org: &str| -> anyhow::Result<Client> {
+        let node = &kit["nodes"][org];
+        Ok(Client::new(node["url"].as_str().context("node url")?, node["admin_key"].as_str().context("admin key")?))
+    };
+    let observer = |org: &str| -> anyhow::Result<transport_floor::Account> {
+        let server = &kit["homeservers"][org];
+        Ok(transport_floor::Account {
+            homeserver_url: server["client_url"].as_str().context("client_url")?.to_owned(),
+            user_id: server["observer"]["user_id"].as_str().context("observer")?.to_owned(),
+            password: server["observer"]["password"].as_str().context("observer password")?.to_owned(),
+        })
+    };
+    Ok(KitView { acme: node("acme")?, globex: node("globex")?, observers: [observer("acme")?, observer("globex")?] })
+}
+
+async fn federation(
+    dir: &std::path::Path,
+    round_trips: usize,
+    lifecycles: usize,
+    intents: usize,
+    concurrency: usize,
+) -> anyhow::Result<ExitCode> {
+    let kit = read_kit(dir)?;
+    let build = if cfg!(debug_assertions) { "DEBUG build: figures are not representative" } else { "release build" };
+    println!("axp bench federation: two homeservers federating over loopback (kit {}), {build}", dir.display());
+    let scratch = tempfile::tempdir()?;
+    let (first, floor) =
+        transport_floor::round_trips(&kit.observers[0], &kit.observers[1], round_trips, scratch.path()).await?;
+    report(
+        &format!("raw matrix-sdk encrypted round trip acme->globex->acme, n={round_trips} (first: {first:.0?})"),
+        0.0,
+        &floor,
+    );
+
+    let route = (FEDERATED_INITIATOR, FEDERATED_AGENT);
+    let lifecycle_latencies = lifecycle(&kit.acme, &kit.globex, route, lifecycles).await?;
+    report(
+        &format!("cross-org lifecycle (submit at acme -> completed visible at acme), n={lifecycles}"),
+        0.0,
+        &lifecycle_latencies,
+    );
+    let ratio = median(&lifecycle_latencies).as_secs_f64() / median(&floor).as_secs_f64();
+    println!("{:<72} {ratio:.2} (target <= 1.15)", "lifecycle p50 / raw round trip p50");
+
+    let (listen, resolve) = run_agent(&kit.globex, FEDERATED_AGENT);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = kit.acme.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= intents {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                latencies.push(one_lifecycle(&client, route, index).await?);
+            }
+        }));
     }
+    let mut latencies = Vec::with_capacity(intents);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let rate = intents as f64 / started.elapsed().as_secs_f64();
+    report(
+        &format!("sustained cross-org intents, concurrency {concurrency}, n={intents} (each completed)"),
+        rate,
+        &latencies,
+    );
     listen.abort();
     resolve.abort();
-    Ok(latencies)
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(latencies: &[Duration]) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
 fn report(what: &str, rate: f64, latencies: &[Duration]) {

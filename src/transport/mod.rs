@@ -2,8 +2,10 @@
 //!
 //! `wire` holds the content of the custom Matrix events (pure, unit-tested); `matrix` is the
 //! I/O shell over matrix-sdk: login and session restore, the sync loop, rooms, the outbox
-//! sender and the checks on everything received. The store's outbox is written in the same
+//! sender and the checks on everything received; `floor` measures the bare matrix-sdk round
+//! trip that `axp bench federation` compares the transport with. The store's outbox is written in the same
 //! batch as the change that causes a send; this module only drains it.
 
+pub mod floor;
 pub mod matrix;
 pub mod wire;
