@@ -97,6 +97,13 @@ async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
     assert_eq!(status, 200, "{body}");
     let id = body["intent_id"].as_str().unwrap().to_owned();
 
+    // A payload that cannot travel in one Matrix event is refused at submit, naming the limit.
+    let mut too_big = common::intent_body("agent://acme/ops/buyer", handler);
+    too_big["payload"] = json!({"blob": "x".repeat(40_000)});
+    let (status, body) = acme.post("/v1/intents", too_big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Matrix event"), "{body}");
+
     // globex's agent listens as usual; the intent arrives over Matrix.
     let delivery = eventually("the delivery at globex", Duration::from_secs(60), async || {
         let frames = globex.frames("/v1/agents/globex/sales/bot/intents/stream?since=0&wait_seconds=1").await;

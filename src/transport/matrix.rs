@@ -236,24 +236,43 @@ async fn sync_loop(client: Client, shared: Arc<Shared>) {
     }
 }
 
-/// Joins rooms that a registry node invites this node's account to; refuses the rest.
+/// Joins rooms that a registry node invites this node's account to, for an address this node
+/// hosts; refuses the rest. The route is read from the invite's stripped state (homeservers
+/// share `axp.route.v1` with invitees when configured to, as the federation kit does) or, if
+/// absent there, right after joining, leaving again if it does not fit.
 async fn on_invite(event: StrippedRoomMemberEvent, room: Room, client: Client, shared: Ctx<Arc<Shared>>) {
     if client.user_id().is_none_or(|own| own != event.state_key) {
         return;
     }
     let inviter = event.sender.to_string();
-    if pinned_node(&shared.routing, &inviter).is_none() {
-        audit_drop("inviter_not_in_registry", room.room_id(), &inviter, "invite refused");
-        if let Err(error) = room.leave().await {
-            tracing::warn!(%error, "could not refuse an invite");
-        }
+    let Some((org, node)) = pinned_node(&shared.routing, &inviter) else {
+        refuse(&room, "inviter_not_in_registry", &inviter).await;
+        return;
+    };
+    let inviter_node = NodeRef { org, node: node.id };
+    if let Some(route) = room_route(&room, &shared).await
+        && let Err(reason) = acceptable(&route, &inviter_node, &shared)
+    {
+        refuse(&room, reason, &inviter).await;
         return;
     }
+    let shared = shared.0.clone();
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         for _ in 0..8 {
             match room.join().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    // Without the route in the invite, check it now that the state is readable.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let verdict = match room_route(&room, &shared).await {
+                        Some(route) => acceptable(&route, &inviter_node, &shared),
+                        None => Err("no_route_state"),
+                    };
+                    if let Err(reason) = verdict {
+                        refuse(&room, reason, &inviter).await;
+                    }
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, room_id = %room.room_id(), "joining a route room failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -262,6 +281,26 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, client: Client, s
             }
         }
     });
+}
+
+/// Whether a route room offered by `inviter` is one this node should be in.
+fn acceptable(route: &RouteState, inviter: &NodeRef, shared: &Shared) -> Result<(), &'static str> {
+    if route.handler != shared.local || route.initiator != *inviter {
+        return Err("route_names_other_nodes");
+    }
+    let hosted =
+        crate::address::AgentAddress::parse(&route.address).is_ok_and(|address| shared.routing.is_local(&address));
+    if !hosted {
+        return Err("address_not_hosted");
+    }
+    Ok(())
+}
+
+async fn refuse(room: &Room, reason: &str, inviter: &str) {
+    audit_drop(reason, room.room_id(), inviter, "room refused");
+    if let Err(error) = room.leave().await {
+        tracing::warn!(%error, room_id = %room.room_id(), "could not leave a refused room");
+    }
 }
 
 /// The route a room carries, checked against the registry and remembered.
