@@ -39,7 +39,7 @@ use crate::config::{Config, MatrixSection};
 use crate::intent::ResolveOutcome;
 use crate::registry::NodeRecord;
 use crate::routing::Routing;
-use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError};
+use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -485,10 +485,21 @@ async fn adopt_intents(
         .await
 }
 
-/// Applies events the owner appended to this node's replicas, in order, once.
-async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
-    let Ok(Items { items }) = serde_json::from_value::<Items<LifecycleItem>>(content) else {
-        tracing::warn!(target: "axp::audit", decision = "dropped", reason = "malformed", peer = %peer.node, "lifecycle event");
+/// Parses `content` as items of a peer's event and, in one write, hands each item whose intent
+/// this node links to `peer` in `role` to `apply`. Anything else is dropped and audited.
+async fn for_linked_intents<T>(
+    shared: &Shared,
+    peer: &NodeRef,
+    role: LinkRole,
+    what: &'static str,
+    content: Value,
+    apply: impl Fn(&mut Txn, &mut StoredIntent, T) -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), StoreError>
+where
+    T: ForIntent + serde::de::DeserializeOwned + Send + 'static,
+{
+    let Ok(Items { items }) = serde_json::from_value::<Items<T>>(content) else {
+        tracing::warn!(target: "axp::audit", decision = "dropped", reason = "malformed", peer = %peer.node, what);
         return Ok(());
     };
     let peer = peer.clone();
@@ -496,73 +507,91 @@ async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Res
         .store
         .write(move |txn| -> Result<(), StoreError> {
             for item in items {
-                let Ok(id) = uuid::Uuid::parse_str(&item.intent_id) else { continue };
+                let Ok(id) = uuid::Uuid::parse_str(item.intent_id()) else { continue };
                 let Some(mut stored) = txn.intent(id)? else { continue };
-                if !stored.is_replica() || stored.link.as_ref().is_none_or(|link| link.peer != peer) {
-                    tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_owner", intent_id = %id, peer = %peer.node, "lifecycle event");
+                if stored.link.as_ref().is_none_or(|link| link.role != role || link.peer != peer) {
+                    tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_linked_to_sender", intent_id = %id, peer = %peer.node, what);
                     continue;
                 }
-                let mut applied = Vec::new();
-                for event in item.events {
-                    match stored.record.apply_remote(&event) {
-                        Ok(true) => applied.push(event),
-                        Ok(false) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, intent_id = %id, seq = event.seq, "owner's event not applied");
-                            break;
-                        }
-                    }
-                }
-                if !applied.is_empty() {
-                    txn.update_intent(&stored, &applied)?;
-                }
+                apply(txn, &mut stored, item)?;
             }
             Ok(())
         })
         .await
 }
 
-/// Sequences the initiator's requests (cancel, resume) on intents this node owns for it; the
-/// resulting events go back like any other. A request the lifecycle refuses changes nothing.
-async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
-    let Ok(Items { items }) = serde_json::from_value::<Items<ControlItem>>(content) else {
-        tracing::warn!(target: "axp::audit", decision = "dropped", reason = "malformed", peer = %peer.node, "control event");
-        return Ok(());
-    };
-    let peer = peer.clone();
-    shared
-        .store
-        .write(move |txn| -> Result<(), StoreError> {
-            for item in items {
-                let Ok(id) = uuid::Uuid::parse_str(&item.intent_id) else { continue };
-                let Some(mut stored) = txn.intent(id)? else { continue };
-                let from_initiator = stored.link.as_ref().is_some_and(|link| link.role == LinkRole::Handler && link.peer == peer);
-                if !from_initiator {
-                    tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_initiator", intent_id = %id, peer = %peer.node, "control event");
-                    continue;
-                }
-                if !txn.first_sight_of_control(&item.request_id)? {
-                    continue;
-                }
-                let actor = item.actor_for(&peer);
-                let at = crate::clock::now_rfc3339();
-                let outcome = match item.action {
-                    ControlAction::Cancel { reason } => {
-                        stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
-                    }
-                    ControlAction::Resume { approve, details } => {
-                        stored.record.resume(approve, details, Some(&actor), &at).map(|outcome| outcome.events)
-                    }
-                };
-                match outcome {
-                    Ok(events) if !events.is_empty() => txn.update_intent(&stored, &events)?,
-                    Ok(_) => {}
-                    Err(error) => tracing::info!(%error, intent_id = %id, "initiator's request not applied"),
+/// The intent an item of a peer's event is about.
+trait ForIntent {
+    fn intent_id(&self) -> &str;
+}
+
+impl ForIntent for LifecycleItem {
+    fn intent_id(&self) -> &str {
+        &self.intent_id
+    }
+}
+
+impl ForIntent for ControlItem {
+    fn intent_id(&self) -> &str {
+        &self.intent_id
+    }
+}
+
+/// Applies events the owner appended to this node's replicas, in order, once.
+async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
+    for_linked_intents(shared, peer, LinkRole::Initiator, LIFECYCLE_EVENT, content, |txn, stored, item: LifecycleItem| {
+        let mut applied = Vec::new();
+        for event in item.events {
+            match stored.record.apply_remote(&event) {
+                Ok(true) => applied.push(event),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, intent_id = %stored.record.intent_id, seq = event.seq, "owner's event not applied");
+                    break;
                 }
             }
-            Ok(())
-        })
-        .await
+        }
+        if applied.is_empty() { Ok(()) } else { txn.update_intent(stored, &applied) }
+    })
+    .await
+}
+
+/// Sequences the initiator's requests (cancel, resume) on intents this node owns for it, each
+/// once; the resulting events go back like any other. A request the lifecycle refuses changes
+/// nothing.
+async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
+    let initiator = peer.clone();
+    for_linked_intents(
+        shared,
+        peer,
+        LinkRole::Handler,
+        CONTROL_EVENT,
+        content,
+        move |txn, stored, item: ControlItem| {
+            if !txn.first_sight_of_control(&item.request_id)? {
+                return Ok(());
+            }
+            let actor = item.actor_for(&initiator);
+            let at = crate::clock::now_rfc3339();
+            let outcome = match item.action {
+                ControlAction::Cancel { reason } => {
+                    stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
+                }
+                ControlAction::Resume { approve, details } => {
+                    stored.record.resume(approve, details, Some(&actor), &at).map(|outcome| outcome.events)
+                }
+            };
+            match outcome {
+                Ok(events) if !events.is_empty() => txn.update_intent(stored, &events),
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    tracing::info!(%error, intent_id = %stored.record.intent_id, "initiator's request not applied");
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// Drains the outbox: groups entries bound for the same room into one event, sends it with a
