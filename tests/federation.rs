@@ -41,6 +41,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Two homeservers and two nodes load both cores; the tests of this file take turns.
+static ONE_KIT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Brings up both homeservers with a port block of its own, provisions the nodes and starts them.
 fn start(base_port: u16) -> Kit {
     let dir = tempfile::tempdir().unwrap();
@@ -88,6 +91,7 @@ async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
+    let _turn = ONE_KIT_AT_A_TIME.lock().await;
     let kit = start(18100);
     let acme = kit.api("acme");
     let globex = kit.api("globex");
@@ -149,6 +153,7 @@ async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_initiator_resumes_and_cancels_through_the_owner() {
+    let _turn = ONE_KIT_AT_A_TIME.lock().await;
     let kit = start(18150);
     let acme = kit.api("acme");
     let globex = kit.api("globex");

@@ -751,17 +751,22 @@ fn record_delivery(stored: &mut StoredIntent, binding: &'static str) -> ApiResul
     Ok(vec![event])
 }
 
-/// Records a hand-out through `binding` and returns the intent as it now stands.
-pub(super) async fn deliver(state: &AppState, id: Uuid, binding: &'static str) -> ApiResult<Option<StoredIntent>> {
+/// Records the hand-out of several intents through `binding` in one write and returns them as
+/// they now stand, in the order given (an intent that vanished is left out).
+pub(super) async fn deliver(state: &AppState, ids: Vec<Uuid>, binding: &'static str) -> ApiResult<Vec<StoredIntent>> {
     state
         .store()
         .write(move |txn| {
-            let Some(mut stored) = txn.intent(id)? else { return Ok(None) };
-            let events = record_delivery(&mut stored, binding)?;
-            if !events.is_empty() {
-                txn.update_intent(&stored, &events)?;
+            let mut delivered = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(mut stored) = txn.intent(id)? else { continue };
+                let events = record_delivery(&mut stored, binding)?;
+                if !events.is_empty() {
+                    txn.update_intent(&stored, &events)?;
+                }
+                delivered.push(stored);
             }
-            Ok(Some(stored))
+            Ok(delivered)
         })
         .await
 }

@@ -189,19 +189,34 @@ async fn pump_listen(
     let mut last = since;
     loop {
         let entries = state.store().feed(feed, agent.as_str(), last, PAGE)?;
+        let mut page = Vec::with_capacity(entries.len());
         for entry in &entries {
             last = entry.cursor;
-            let Some(mut stored) = state.store().intent(entry.intent_id)? else { continue };
-            if !wants(stored.record.status()) {
-                continue;
+            if let Some(stored) = state.store().intent(entry.intent_id)?
+                && wants(stored.record.status())
+            {
+                page.push((entry.cursor, stored));
             }
-            if stored.record.status() == Status::Submitted {
-                stored = deliver(state, entry.intent_id, "stream").await?.unwrap_or(stored);
+        }
+        // First hand-outs of the whole page are recorded in one write.
+        let fresh: Vec<Uuid> = page
+            .iter()
+            .filter(|(_, stored)| stored.record.status() == Status::Submitted)
+            .filter_map(|(_, stored)| Uuid::parse_str(&stored.record.intent_id).ok())
+            .collect();
+        if !fresh.is_empty() {
+            let mut delivered = deliver(state, fresh, "stream").await?.into_iter();
+            for (_, stored) in page.iter_mut().filter(|(_, stored)| stored.record.status() == Status::Submitted) {
+                if let Some(now) = delivered.next() {
+                    *stored = now;
+                }
             }
+        }
+        for (cursor, stored) in &page {
             let frame = Event::default()
-                .id(entry.cursor.to_string())
+                .id(cursor.to_string())
                 .event(views::frame_name(stored.record.status()))
-                .data(views::delivery(&stored).to_string());
+                .data(views::delivery(stored).to_string());
             if frames.send(Ok(frame)).await.is_err() {
                 return Ok(());
             }

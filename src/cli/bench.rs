@@ -325,36 +325,95 @@ async fn federation(
     println!("{:<72} {ratio:.2} (target <= 1.15)", "lifecycle p50 / raw round trip p50");
 
     let (listen, resolve) = run_agent(&kit.globex, FEDERATED_AGENT);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let client = kit.acme.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if index >= intents {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                latencies.push(one_lifecycle(&client, route, index).await?);
-            }
-        }));
-    }
-    let mut latencies = Vec::with_capacity(intents);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let rate = intents as f64 / started.elapsed().as_secs_f64();
+    let (rate, latencies) = sustained(&kit.acme, intents, concurrency).await?;
     report(
-        &format!("sustained cross-org intents, concurrency {concurrency}, n={intents} (each completed)"),
+        &format!("sustained cross-org intents, {concurrency} submitters, n={intents} (submit -> completed at acme)"),
         rate,
         &latencies,
     );
     listen.abort();
     resolve.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `concurrency` submitters send `total` intents as fast as the node accepts them, without
+/// waiting for outcomes; as many observers follow them until each is completed at acme.
+/// Returns completed intents/s over the whole run and each intent's submit-to-completed time.
+async fn sustained(client: &Client, total: usize, concurrency: usize) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let (submitted, pending) = async_channel_pair();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut submitters = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, submitted) = (client.clone(), next.clone(), submitted.clone());
+        submitters.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let mut body = create_body(index);
+                body["from_agent"] = json!(FEDERATED_INITIATOR);
+                body["to_agent"] = json!(FEDERATED_AGENT);
+                let sent = Instant::now();
+                let created = client.post("/v1/intents", &body, None).await?;
+                let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
+                let _ = submitted.send((id, sent)).await;
+            }
+        }));
+    }
+    drop(submitted);
+    let mut observers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, pending) = (client.clone(), pending.clone());
+        observers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Ok((id, sent)) = pending.recv().await {
+                let mut done = false;
+                while !done {
+                    client
+                        .stream(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30"), |frame| {
+                            done |= frame.event == "intent.completed";
+                            !done
+                        })
+                        .await?;
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    for submitter in submitters {
+        submitter.await??;
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for observer in observers {
+        latencies.extend(observer.await??);
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), latencies))
+}
+
+/// A multi-consumer queue of submitted intents for the observers.
+fn async_channel_pair() -> (Queue, Queue) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let queue = Queue { sender: Some(sender), receiver: Arc::new(tokio::sync::Mutex::new(receiver)) };
+    (queue.clone(), Queue { sender: None, ..queue })
+}
+
+#[derive(Clone)]
+struct Queue {
+    sender: Option<mpsc::UnboundedSender<(String, Instant)>>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Instant)>>>,
+}
+
+impl Queue {
+    async fn send(&self, item: (String, Instant)) -> Result<(), ()> {
+        self.sender.as_ref().ok_or(())?.send(item).map_err(|_| ())
+    }
+
+    async fn recv(&self) -> Result<(String, Instant), ()> {
+        self.receiver.lock().await.recv().await.ok_or(())
+    }
 }
 
 fn median(latencies: &[Duration]) -> Duration {

@@ -368,14 +368,21 @@ async fn verified_peer(
 /// node has not seen the device yet.
 async fn device_key(client: &Client, user: &UserId, device: &matrix_sdk::ruma::DeviceId) -> Option<String> {
     let lookup = async || client.encryption().get_device(user, device).await.ok().flatten();
-    let device = match lookup().await {
-        Some(device) => device,
-        None => {
-            client.encryption().request_user_identity(user).await.ok()?;
-            lookup().await?
+    // A query can fail while the homeserver is busy; an event must not be dropped for that.
+    let mut delay = Duration::from_millis(250);
+    for _ in 0..4 {
+        if let Some(device) = lookup().await {
+            return device.ed25519_key().map(|key| key.to_base64());
         }
-    };
-    device.ed25519_key().map(|key| key.to_base64())
+        if client.encryption().request_user_identity(user).await.is_ok()
+            && let Some(device) = lookup().await
+        {
+            return device.ed25519_key().map(|key| key.to_base64());
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    None
 }
 
 async fn on_timeline_event(
@@ -662,10 +669,12 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
         for (index, group) in groups.into_iter().enumerate() {
             let txn_id: OwnedTransactionId =
                 format!("axp-{}-{first_seq}-{}-{index}", shared.local.node, run.len()).into();
+            let items = group.len();
             room.send_raw(event_type, json!({"items": group}))
                 .with_transaction_id(&txn_id)
                 .await
                 .map_err(matrix_error)?;
+            tracing::debug!(event_type, items, room_id = %room.room_id(), "sent to peer node");
         }
         let seqs: Vec<u64> = run.iter().map(|(seq, _)| *seq).collect();
         sent += seqs.len();
