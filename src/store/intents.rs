@@ -144,17 +144,35 @@ impl Txn<'_> {
     /// Stores a changed intent and the events the change appended. When this node handles the
     /// intent for another node, the events are queued for it in the same batch.
     pub fn update_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
-        if let Some(link) = stored.link.as_ref().filter(|link| link.role == LinkRole::Handler && !events.is_empty()) {
-            let item = LifecycleItem { intent_id: stored.record.intent_id.clone(), events: events.to_vec() };
-            self.enqueue(&OutboxEntry {
-                peer: link.peer.clone(),
-                address: stored.record.to_agent.clone(),
-                room_id: link.room_id.clone(),
-                kind: OutboxKind::Lifecycle,
-                item: serde_json::to_value(item).expect("events serialise"),
-            })?;
+        if stored.link.as_ref().is_some_and(|link| link.role == LinkRole::Handler) && !events.is_empty() {
+            self.send_events_to_initiator(stored, events)?;
         }
         self.save_intent(stored, events)
+    }
+
+    /// Queues events of an intent this node handles for the initiator's node.
+    pub fn send_events_to_initiator(
+        &mut self,
+        stored: &StoredIntent,
+        events: &[LifecycleEvent],
+    ) -> Result<(), StoreError> {
+        let Some(link) = stored.link.as_ref() else { return Ok(()) };
+        let item = LifecycleItem { intent_id: stored.record.intent_id.clone(), events: events.to_vec() };
+        self.enqueue(&OutboxEntry {
+            peer: link.peer.clone(),
+            address: stored.record.to_agent.clone(),
+            room_id: link.room_id.clone(),
+            kind: OutboxKind::Lifecycle,
+            item: serde_json::to_value(item).expect("events serialise"),
+        })
+    }
+
+    /// Committed events of an intent with `seq > since`, in order.
+    pub fn events_after(&self, stored: &StoredIntent, since: u64) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let id = parse_id(&stored.record)?;
+        let start = event_key(id, since.saturating_add(1));
+        let end = event_key(id, u64::MAX);
+        self.tree().range(start..=end).map(|item| decode(&item?.1)).collect()
     }
 
     fn save_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {

@@ -36,7 +36,7 @@ use super::wire::{
     NodeRef, ROUTE_EVENT, RouteState, group_items,
 };
 use crate::config::{Config, MatrixSection};
-use crate::intent::ResolveOutcome;
+use crate::intent::{LifecycleError, ResolveOutcome};
 use crate::registry::NodeRecord;
 use crate::routing::Routing;
 use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
@@ -545,13 +545,34 @@ impl ForIntent for ControlItem {
 }
 
 /// Applies events the owner appended to this node's replicas, in order, once.
+/// Events out of order (some were lost on the way) make the replica ask the owner to send
+/// everything after its last event again.
 async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
-    for_linked_intents(shared, peer, LinkRole::Initiator, LIFECYCLE_EVENT, content, |txn, stored, item: LifecycleItem| {
+    let local = shared.local.clone();
+    for_linked_intents(shared, peer, LinkRole::Initiator, LIFECYCLE_EVENT, content, move |txn, stored, item: LifecycleItem| {
         let mut applied = Vec::new();
         for event in item.events {
             match stored.record.apply_remote(&event) {
                 Ok(true) => applied.push(event),
                 Ok(false) => {}
+                Err(LifecycleError::Gap { have, got }) => {
+                    tracing::warn!(intent_id = %stored.record.intent_id, have, got, "events missing from the owner; asking for them again");
+                    let link = stored.link.as_ref().expect("a linked intent has a link");
+                    let request = ControlItem {
+                        request_id: uuid::Uuid::now_v7().to_string(),
+                        intent_id: stored.record.intent_id.clone(),
+                        actor: format!("node:{}", local.node),
+                        action: ControlAction::Resend { after_seq: have },
+                    };
+                    txn.enqueue(&OutboxEntry {
+                        peer: link.peer.clone(),
+                        address: stored.record.to_agent.clone(),
+                        room_id: None,
+                        kind: OutboxKind::Control,
+                        item: serde_json::to_value(request).expect("controls serialise"),
+                    })?;
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(%error, intent_id = %stored.record.intent_id, seq = event.seq, "owner's event not applied");
                     break;
@@ -565,40 +586,37 @@ async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Res
 
 /// Sequences the initiator's requests (cancel, resume) on intents this node owns for it, each
 /// once; the resulting events go back like any other. A request the lifecycle refuses changes
-/// nothing.
+/// nothing. A replica that missed events gets them again.
 async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
     let initiator = peer.clone();
-    for_linked_intents(
-        shared,
-        peer,
-        LinkRole::Handler,
-        CONTROL_EVENT,
-        content,
-        move |txn, stored, item: ControlItem| {
-            if !txn.first_sight_of_control(&item.request_id)? {
-                return Ok(());
+    let apply = move |txn: &mut Txn, stored: &mut StoredIntent, item: ControlItem| {
+        if !txn.first_sight_of_control(&item.request_id)? {
+            return Ok(());
+        }
+        let actor = item.actor_for(&initiator);
+        let at = crate::clock::now_rfc3339();
+        let outcome = match item.action {
+            ControlAction::Resend { after_seq } => {
+                let events = txn.events_after(stored, after_seq)?;
+                return if events.is_empty() { Ok(()) } else { txn.send_events_to_initiator(stored, &events) };
             }
-            let actor = item.actor_for(&initiator);
-            let at = crate::clock::now_rfc3339();
-            let outcome = match item.action {
-                ControlAction::Cancel { reason } => {
-                    stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
-                }
-                ControlAction::Resume { approve, details } => {
-                    stored.record.resume(approve, details, Some(&actor), &at).map(|outcome| outcome.events)
-                }
-            };
-            match outcome {
-                Ok(events) if !events.is_empty() => txn.update_intent(stored, &events),
-                Ok(_) => Ok(()),
-                Err(error) => {
-                    tracing::info!(%error, intent_id = %stored.record.intent_id, "initiator's request not applied");
-                    Ok(())
-                }
+            ControlAction::Cancel { reason } => {
+                stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
             }
-        },
-    )
-    .await
+            ControlAction::Resume { approve, details } => {
+                stored.record.resume(approve, details, Some(&actor), &at).map(|outcome| outcome.events)
+            }
+        };
+        match outcome {
+            Ok(events) if !events.is_empty() => txn.update_intent(stored, &events),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::info!(%error, intent_id = %stored.record.intent_id, "initiator's request not applied");
+                Ok(())
+            }
+        }
+    };
+    for_linked_intents(shared, peer, LinkRole::Handler, CONTROL_EVENT, content, apply).await
 }
 
 /// Drains the outbox: groups entries bound for the same room into one event, sends it with a

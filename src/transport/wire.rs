@@ -67,8 +67,17 @@ pub struct ControlItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ControlAction {
-    Cancel { reason: String },
-    Resume { approve: bool, details: serde_json::Value },
+    Cancel {
+        reason: String,
+    },
+    Resume {
+        approve: bool,
+        details: serde_json::Value,
+    },
+    /// The replica missed events: send again every event after `after_seq`.
+    Resend {
+        after_seq: u64,
+    },
 }
 
 impl ControlItem {
@@ -195,6 +204,10 @@ mod tests {
         };
         assert_eq!(control("agent://acme/ops/a").actor_for(&peer), "agent://acme/ops/a");
         assert_eq!(control("agent://globex/ops/a").actor_for(&peer), "node:acme-node-1");
+        let resend = ControlItem { action: ControlAction::Resend { after_seq: 4 }, ..control("node:x") };
+        let wire = serde_json::to_value(&resend).unwrap();
+        assert_eq!(wire["action"], "resend");
+        assert_eq!(serde_json::from_value::<ControlItem>(wire).unwrap(), resend);
         let wire = serde_json::to_value(control("x")).unwrap();
         assert_eq!(wire, json!({"request_id": "q", "intent_id": "i", "actor": "x", "action": "cancel", "reason": "r"}));
     }
