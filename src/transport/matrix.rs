@@ -42,7 +42,9 @@ use crate::routing::Routing;
 use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Retries after failed syncs and sends back off up to this: after a homeserver outage the node
+/// must notice the recovery within seconds, not after another outage's length.
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
 const SESSION_FILE: &str = "session.json";
 
 #[derive(Debug, thiserror::Error)]
