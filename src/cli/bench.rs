@@ -211,6 +211,12 @@ async fn one_lifecycle(client: &Client, (from, to): (&str, &str), index: usize) 
     let started = Instant::now();
     let created = client.post("/v1/intents", &body, None).await?;
     let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
+    follow_to_completion(client, &id).await?;
+    Ok(started.elapsed())
+}
+
+/// Follows an intent's event stream until `intent.completed`.
+async fn follow_to_completion(client: &Client, id: &str) -> anyhow::Result<()> {
     let mut done = false;
     while !done {
         client
@@ -220,7 +226,7 @@ async fn one_lifecycle(client: &Client, (from, to): (&str, &str), index: usize) 
             })
             .await?;
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// An agent that listens at `agent_address` and resolves every delivery COMPLETED at once.
@@ -337,20 +343,22 @@ async fn federation(
 }
 
 /// `concurrency` submitters send `total` intents as fast as the node accepts them, without
-/// waiting for outcomes; as many observers follow them until each is completed at acme.
-/// Returns completed intents/s over the whole run and each intent's submit-to-completed time.
+/// waiting for outcomes; up to `concurrency` observers follow them until each is completed at
+/// acme. Returns completed intents/s over the whole run and each intent's submit-to-completed
+/// time.
 async fn sustained(client: &Client, total: usize, concurrency: usize) -> anyhow::Result<(f64, Vec<Duration>)> {
-    let (submitted, pending) = async_channel_pair();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let observing = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
     let mut submitters = Vec::new();
     for _ in 0..concurrency {
-        let (client, next, submitted) = (client.clone(), next.clone(), submitted.clone());
+        let (client, next, observing) = (client.clone(), next.clone(), observing.clone());
         submitters.push(tokio::spawn(async move {
+            let mut observers = Vec::new();
             loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if index >= total {
-                    return Ok::<_, anyhow::Error>(());
+                    break;
                 }
                 let mut body = create_body(index);
                 body["from_agent"] = json!(FEDERATED_INITIATOR);
@@ -358,62 +366,25 @@ async fn sustained(client: &Client, total: usize, concurrency: usize) -> anyhow:
                 let sent = Instant::now();
                 let created = client.post("/v1/intents", &body, None).await?;
                 let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
-                let _ = submitted.send((id, sent)).await;
+                let (client, observing) = (client.clone(), observing.clone());
+                observers.push(tokio::spawn(async move {
+                    let _slot = observing.acquire_owned().await?;
+                    follow_to_completion(&client, &id).await?;
+                    Ok::<_, anyhow::Error>(sent.elapsed())
+                }));
             }
-        }));
-    }
-    drop(submitted);
-    let mut observers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, pending) = (client.clone(), pending.clone());
-        observers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Ok((id, sent)) = pending.recv().await {
-                let mut done = false;
-                while !done {
-                    client
-                        .stream(&format!("/v1/intents/{id}/events/stream?since=2&wait_seconds=30"), |frame| {
-                            done |= frame.event == "intent.completed";
-                            !done
-                        })
-                        .await?;
-                }
-                latencies.push(sent.elapsed());
+            let mut latencies = Vec::with_capacity(observers.len());
+            for observer in observers {
+                latencies.push(observer.await??);
             }
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    for submitter in submitters {
-        submitter.await??;
-    }
     let mut latencies = Vec::with_capacity(total);
-    for observer in observers {
-        latencies.extend(observer.await??);
+    for submitter in submitters {
+        latencies.extend(submitter.await??);
     }
     Ok((total as f64 / started.elapsed().as_secs_f64(), latencies))
-}
-
-/// A multi-consumer queue of submitted intents for the observers.
-fn async_channel_pair() -> (Queue, Queue) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let queue = Queue { sender: Some(sender), receiver: Arc::new(tokio::sync::Mutex::new(receiver)) };
-    (queue.clone(), Queue { sender: None, ..queue })
-}
-
-#[derive(Clone)]
-struct Queue {
-    sender: Option<mpsc::UnboundedSender<(String, Instant)>>,
-    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Instant)>>>,
-}
-
-impl Queue {
-    async fn send(&self, item: (String, Instant)) -> Result<(), ()> {
-        self.sender.as_ref().ok_or(())?.send(item).map_err(|_| ())
-    }
-
-    async fn recv(&self) -> Result<(String, Instant), ()> {
-        self.receiver.lock().await.recv().await.ok_or(())
-    }
 }
 
 fn median(latencies: &[Duration]) -> Duration {
