@@ -521,21 +521,13 @@ pub async fn controls(
     Query(query): Query<OwnerQuery>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    caller.actor(&headers, query.owner_agent.as_deref())?;
-    let idempotency =
-        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/controls"), &body)?;
-    let mut fields = Fields::new(body);
-    let patch = fields
-        .object("controls_patch")?
-        .ok_or_else(|| ApiError::invalid("controls_patch", "is required (a JSON object)"))?;
-    let expected_generation = fields.integer("expected_policy_generation", 0)?;
-    fields.string("reason")?;
-    fields.string("actor")?;
-    fields.boolean("internal_scheduler")?;
-    fields.finish()?;
-    operate(&state, caller, &id, idempotency, None, move |_caller, stored| {
-        let update = stored.record.update_policy(expected_generation, Some(&patch), None, None, &now_rfc3339())?;
-        Ok((policy_answer(update), vec![]))
+    let request = PolicyRequest { endpoint: "controls", id, owner: query.owner_agent, body };
+    update_policy(&state, caller, &headers, request, |fields| {
+        let controls = fields.object("controls_patch")?;
+        if controls.is_none() {
+            return Err(ApiError::invalid("controls_patch", "is required (a JSON object)"));
+        }
+        Ok(Patches { controls, grants: None, envelope: None })
     })
     .await
 }
@@ -548,24 +540,56 @@ pub async fn policy(
     Query(query): Query<OwnerQuery>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    caller.actor(&headers, query.owner_agent.as_deref())?;
-    let idempotency =
-        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/policy"), &body)?;
+    let request = PolicyRequest { endpoint: "policy", id, owner: query.owner_agent, body };
+    update_policy(&state, caller, &headers, request, |fields| {
+        let grants = fields.object("grants_patch")?;
+        let envelope = fields.object("envelope_patch")?;
+        if grants.is_none() && envelope.is_none() {
+            return Err(ApiError::invalid("grants_patch", "grants_patch or envelope_patch is required"));
+        }
+        Ok(Patches { controls: None, grants, envelope })
+    })
+    .await
+}
+
+struct PolicyRequest {
+    endpoint: &'static str,
+    id: String,
+    owner: Option<String>,
+    body: Map<String, Value>,
+}
+
+/// The merge patches one policy request carries.
+struct Patches {
+    controls: Option<Map<String, Value>>,
+    grants: Option<Map<String, Value>>,
+    envelope: Option<Map<String, Value>>,
+}
+
+/// `controls` and `policy`: merge patches under compare-and-set on `policy_generation`.
+async fn update_policy(
+    state: &AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+    request: PolicyRequest,
+    patches: impl FnOnce(&mut Fields) -> ApiResult<Patches>,
+) -> ApiResult<Json<Value>> {
+    let PolicyRequest { endpoint, id, owner, body } = request;
+    caller.actor(headers, owner.as_deref())?;
+    let path = format!("POST /v1/intents/{id}/{endpoint}");
+    let idempotency = Idempotency::from_request(state, &caller, headers, &path, &body)?;
     let mut fields = Fields::new(body);
-    let grants = fields.object("grants_patch")?;
-    let envelope = fields.object("envelope_patch")?;
-    if grants.is_none() && envelope.is_none() {
-        return Err(ApiError::invalid("grants_patch", "grants_patch or envelope_patch is required"));
-    }
+    let patches = patches(&mut fields)?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
     fields.string("reason")?;
     fields.string("actor")?;
     fields.boolean("internal_scheduler")?;
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, None, move |_caller, stored| {
+    operate(state, caller, &id, idempotency, None, move |_caller, stored| {
+        let Patches { controls, grants, envelope } = patches;
         let update = stored.record.update_policy(
             expected_generation,
-            None,
+            controls.as_ref(),
             grants.as_ref(),
             envelope.as_ref(),
             &now_rfc3339(),
