@@ -7,76 +7,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Api, spawn_node};
+use common::kit::{Kit, ONE_KIT_AT_A_TIME};
 use serde_json::{Value, json};
-
-struct Kit {
-    dir: tempfile::TempDir,
-    description: Value,
-    nodes: Vec<(String, Child, Api)>,
-}
-
-impl Drop for Kit {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for org in ["acme", "globex"] {
-                let log = std::fs::read_to_string(self.dir.path().join(org).join("node/node.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-                eprintln!("--- {org} node log (last lines)\n{}", tail.join("\n"));
-            }
-        }
-        for (_, child, _) in &mut self.nodes {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(repo().join("federation/down")).arg("--dir").arg(self.dir.path()).status();
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Two homeservers and two nodes load both cores; the tests of this file take turns.
-static ONE_KIT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Brings up both homeservers with a port block of its own, provisions the nodes and starts them.
-fn start(base_port: u16) -> Kit {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(repo().join("federation/up"))
-        .args(["--dir", dir.path().to_str().unwrap(), "--base-port", &base_port.to_string(), "--no-nodes"])
-        .env("AXP_BIN", common::AXP)
-        .output()
-        .expect("federation/up runs (scripts/test sets up the kit)");
-    assert!(
-        output.status.success(),
-        "federation/up failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let description: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("federation.json")).unwrap()).unwrap();
-    let mut kit = Kit { dir, description, nodes: Vec::new() };
-    let nodes: Vec<Value> = kit.description["nodes"].as_object().unwrap().values().cloned().collect();
-    for node in nodes {
-        let config = PathBuf::from(node["config"].as_str().unwrap());
-        let (child, url) =
-            spawn_node(&config).unwrap_or_else(|error| panic!("node {} did not start: {error}", node["org"]));
-        let api = Api { http: reqwest::Client::new(), url, key: node["admin_key"].as_str().unwrap().to_owned() };
-        kit.nodes.push((node["org"].as_str().unwrap().to_owned(), child, api));
-    }
-    kit
-}
-
-impl Kit {
-    fn api(&self, org: &str) -> &Api {
-        &self.nodes.iter().find(|(name, _, _)| name == org).unwrap().2
-    }
-}
 
 async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -92,9 +26,9 @@ async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
     let _turn = ONE_KIT_AT_A_TIME.lock().await;
-    let kit = start(18100);
-    let acme = kit.api("acme");
-    let globex = kit.api("globex");
+    let kit = Kit::up(18100);
+    let acme = &kit.node("acme").api();
+    let globex = &kit.node("globex").api();
     let handler = "agent://globex/sales/bot";
 
     let (status, body) = acme.post("/v1/intents", common::intent_body("agent://acme/ops/buyer", handler)).await;
@@ -154,9 +88,9 @@ async fn a_cross_org_lifecycle_is_identical_on_both_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_initiator_resumes_and_cancels_through_the_owner() {
     let _turn = ONE_KIT_AT_A_TIME.lock().await;
-    let kit = start(18150);
-    let acme = kit.api("acme");
-    let globex = kit.api("globex");
+    let kit = Kit::up(18150);
+    let acme = &kit.node("acme").api();
+    let globex = &kit.node("globex").api();
     let send = async || {
         let (status, body) =
             acme.post("/v1/intents", common::intent_body("agent://acme/ops/buyer", "agent://globex/sales/bot")).await;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod kit;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
