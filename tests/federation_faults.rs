@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::assert_gapless;
 use common::kit::{Kit, Node, ONE_KIT_AT_A_TIME, repo};
+use common::{assert_gapless, eventually};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -305,17 +305,6 @@ async fn retry_post(api: &Http, path: &str, body: &Value, key: &str) -> Result<(
             Ok(_) | Err(_) if Instant::now() > deadline => return Err("no 200 within 120 s".into()),
             Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    }
-}
-
-async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -398,3 +398,68 @@ async fn events_page_from_any_since() {
     assert_eq!(limited["events"].as_array().unwrap().len(), 2);
     assert_eq!(limited["next_since"], 3);
 }
+
+#[tokio::test]
+async fn a_handler_transfers_an_intent_to_another_local_agent_which_takes_it_from_there() {
+    let node = TestNode::start();
+    let old = "agent://acme/desk/first";
+    let new = "agent://acme/desk/second";
+    let initiator = node.api(&node.key_for(&[FROM]).await);
+    let first = node.api(&node.key_for(&[old]).await);
+    let second = node.api(&node.key_for(&[new]).await);
+    let id = initiator.send(FROM, old).await;
+    assert_eq!(transition(&first, &id, "IN_PROGRESS").await.0, 200);
+    let path = format!("/v1/intents/{id}/transfer");
+
+    // Bad requests change nothing.
+    let refusals = [
+        (&initiator, json!({"to_agent": new}), 403, "not_handler"),
+        (&first, json!({}), 422, "invalid_field"),
+        (&first, json!({"to_agent": "not an address"}), 422, "invalid_agent_address"),
+        (&first, json!({"to_agent": new, "extra": 1}), 422, "unknown_field"),
+        (&first, json!({"to_agent": old}), 422, "same_handler"),
+    ];
+    for (api, body, status, code) in refusals {
+        let (got, answer) = api.post(&path, body.clone()).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+    }
+    assert_eq!(initiator.events(&id).await.len(), 3);
+
+    let (status, answer) = first.post(&path, json!({"to_agent": new, "reason": "wrong desk"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["event"]["event_type"], "intent.transfer");
+    assert_eq!(answer["intent"]["handler"], new);
+    assert_eq!(answer["intent"]["status"], "IN_PROGRESS", "a transfer keeps the status");
+
+    // The old handler is out; the new one is offered the intent by poll and stream.
+    let (status, answer) = resolve(&first, &id, "COMPLETED").await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("not_handler")), "{answer}");
+    let (status, polled) = second.get(&format!("/v1/intents?status=pending&to_agent={new}")).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = polled["intents"].as_array().unwrap().iter().filter_map(|i| i["intent_id"].as_str()).collect();
+    assert_eq!(ids, [id.as_str()], "{polled}");
+    let (_, polled) = first.get(&format!("/v1/intents?status=pending&to_agent={old}")).await;
+    assert_eq!(polled["intents"], json!([]), "the old handler is not offered it any more");
+    let frames = second.frames(&format!("/v1/agents/{new}/intents/stream?wait_seconds=1")).await;
+    assert!(frames.iter().any(|(_, data)| data["intent_id"] == id.as_str()), "{frames:?}");
+
+    let (status, answer) = resolve(&second, &id, "COMPLETED").await;
+    assert_eq!(status, 200, "{answer}");
+    let events = initiator.events(&id).await;
+    assert_gapless(&events);
+    let kinds: Vec<(&str, &str)> =
+        events.iter().map(|e| (e["event_type"].as_str().unwrap(), e["handler"].as_str().unwrap_or_default())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("intent.created", old),
+            ("intent.submitted", old),
+            ("intent.in_progress", old),
+            ("intent.transfer", new),
+            ("intent.completed", new)
+        ]
+    );
+    assert_eq!(events[3]["details"]["reason"], "wrong desk");
+    let (status, answer) = second.post(&path, json!({"to_agent": old})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("intent_terminal")), "{answer}");
+}

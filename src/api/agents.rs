@@ -24,7 +24,7 @@ pub async fn capabilities(_caller: Caller) -> Json<Value> {
         "ok": true,
         "capabilities": [
             "intents.create", "intents.get", "intents.events", "intents.events.stream", "intents.resolve",
-            "intents.resume", "intents.controls", "intents.policy", "intents.transition", "intents.poll",
+            "intents.resume", "intents.controls", "intents.policy", "intents.transition", "intents.transfer", "intents.poll",
             "agents.listen", "idempotency"
         ],
         // Any intent type that follows the create grammar is accepted.

@@ -63,16 +63,24 @@ impl Caller {
         Err(ApiError::forbidden("address_not_granted", format!("{field}: this API key may not act for {address}")))
     }
 
-    /// Whether the intent is from, to or replying to an address this caller may act for.
+    /// Whether the intent is from, to, handled by or replying to an address this caller may
+    /// act for.
     pub fn can_see(&self, intent: &IntentRecord) -> bool {
-        [Some(&intent.from_agent), Some(&intent.to_agent), intent.reply_to.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|address| AgentAddress::parse(address).is_ok_and(|address| self.may_act_for(&address)))
+        [
+            Some(intent.from_agent.as_str()),
+            Some(intent.to_agent.as_str()),
+            Some(intent.handler()),
+            intent.reply_to.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|address| AgentAddress::parse(address).is_ok_and(|address| self.may_act_for(&address)))
     }
 
+    /// Whether the caller acts for the intent's current handler (after a transfer, not the
+    /// original `to_agent`).
     pub fn is_handler_of(&self, intent: &IntentRecord) -> bool {
-        AgentAddress::parse(&intent.to_agent).is_ok_and(|address| self.may_act_for(&address))
+        AgentAddress::parse(intent.handler()).is_ok_and(|address| self.may_act_for(&address))
     }
 
     /// Who the caller says it acts as (`owner_agent` query or `x-owner-agent` header), checked

@@ -1,7 +1,7 @@
 //! `/v1/intents`: create, read, the event log, and the operations that move an intent along.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -16,10 +16,10 @@ use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::intent::{IntentRecord, LifecycleError, LifecycleEvent, NewIntent, ResolveOutcome, Status, WaitingReason};
 use crate::routing::Route;
 use crate::store::{
-    Feed, IdempotencyCheck, IdempotencyScope, LinkRole, OutboxEntry, OutboxKind, RemoteLink, StoredIntent, Txn,
-    canonical_hash,
+    Feed, HandlerHome, IdempotencyCheck, IdempotencyScope, LinkRole, OutboxEntry, OutboxKind, RemoteLink, StoredIntent,
+    Txn, canonical_hash,
 };
-use crate::transport::wire::{ControlAction, ControlItem, MAX_EVENT_CONTENT_BYTES, NodeRef};
+use crate::transport::wire::{ControlAction, ControlItem, MAX_EVENT_CONTENT_BYTES, NodeRef, TransferItem};
 
 /// Most events one `GET .../events` returns; callers page on with `since`.
 const MAX_EVENTS_PAGE: usize = 1000;
@@ -103,6 +103,22 @@ fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult
     }
 }
 
+/// The `after` of an operation that needs nothing beyond its change.
+fn nothing_after(_: &mut Txn, _: &mut StoredIntent, _: &[LifecycleEvent]) -> ApiResult<()> {
+    Ok(())
+}
+
+fn transferred_away(stored: &StoredIntent) -> ApiError {
+    ApiError::conflict(
+        "transferred_away",
+        format!(
+            "intent {} was transferred to {}, which another node serves; this node's copy ends with that transfer",
+            stored.record.intent_id,
+            stored.record.handler()
+        ),
+    )
+}
+
 fn owned_elsewhere(stored: &StoredIntent) -> ApiError {
     let owner = stored.link.as_ref().map_or("another node", |link| link.peer.node.as_str());
     ApiError::conflict(
@@ -118,7 +134,7 @@ fn require_handler(caller: &Caller, stored: &StoredIntent, what: &str) -> ApiRes
     if caller.is_handler_of(&stored.record) {
         return Ok(());
     }
-    Err(ApiError::forbidden("not_handler", format!("only the handler {} may {what}", stored.record.to_agent)))
+    Err(ApiError::forbidden("not_handler", format!("only the handler {} may {what}", stored.record.handler())))
 }
 
 fn is_valid_intent_type(intent_type: &str) -> bool {
@@ -330,8 +346,42 @@ pub struct OwnerQuery {
     owner_agent: Option<String>,
 }
 
+/// What every operation on one intent (`POST /v1/intents/{id}/<operation>`) reads first: the
+/// caller and the address it acts as (`owner_agent` query or `x-owner-agent` header), the intent
+/// id, the body's fields, and the idempotency key scoped to the operation.
+pub struct IntentCall {
+    caller: Caller,
+    actor: String,
+    id: String,
+    idempotency: Option<Idempotency>,
+    fields: Fields,
+}
+
+impl FromRequest<AppState> for IntentCall {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|error| ApiError::bad_request("invalid_path", error.body_text()))?;
+        let Query(query) = Query::<OwnerQuery>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|error| ApiError::bad_request("invalid_query", error.body_text()))?;
+        let actor = caller.actor(&parts.headers, query.owner_agent.as_deref())?;
+        let endpoint = format!("POST {}", parts.uri.path());
+        let headers = parts.headers.clone();
+        let JsonBody(body) = JsonBody::from_request(Request::from_parts(parts, body), state).await?;
+        let idempotency = Idempotency::from_request(state, &caller, &headers, &endpoint, &body)?;
+        Ok(IntentCall { caller, actor, id, idempotency, fields: Fields::new(body) })
+    }
+}
+
 /// Common shape of the intent operations: load, authorise and change the intent inside one
 /// write, persisting the events the change appended. `change` returns the answer and those events.
+///
+/// Then `after` runs in the same write, once the change and its events are stored.
 ///
 /// On a replica (the handler's node owns the log) nothing changes here: a request the owner
 /// can sequence (`forward`) is queued for it as a control event, anything else is refused.
@@ -342,6 +392,7 @@ async fn operate(
     idempotency: Option<Idempotency>,
     forward: Option<ControlItem>,
     change: impl FnOnce(&Caller, &mut StoredIntent) -> ApiResult<(Value, Vec<LifecycleEvent>)> + Send + 'static,
+    after: impl FnOnce(&mut Txn, &mut StoredIntent, &[LifecycleEvent]) -> ApiResult<()> + Send + 'static,
 ) -> ApiResult<Json<Value>> {
     let id = parse_intent_id(id)?;
     let answer = state
@@ -349,6 +400,9 @@ async fn operate(
         .write(move |txn| {
             once(txn, idempotency, |txn| {
                 let mut stored = visible(txn.intent(id)?, &caller, id)?;
+                if stored.is_transferred_away() {
+                    return Err(transferred_away(&stored));
+                }
                 if stored.is_replica() {
                     let Some(mut control) = forward else { return Err(owned_elsewhere(&stored)) };
                     if stored.record.status().is_terminal() {
@@ -358,7 +412,7 @@ async fn operate(
                     control.intent_id = stored.record.intent_id.clone();
                     txn.enqueue(&OutboxEntry {
                         peer: link.peer.clone(),
-                        address: stored.record.to_agent.clone(),
+                        address: stored.record.handler().to_owned(),
                         room_id: None,
                         kind: OutboxKind::Control,
                         item: serde_json::to_value(&control).expect("controls serialise"),
@@ -374,6 +428,7 @@ async fn operate(
                 }
                 let (answer, events) = change(&caller, &mut stored)?;
                 txn.update_intent(&stored, &events)?;
+                after(txn, &mut stored, &events)?;
                 Ok(answer)
             })
         })
@@ -381,18 +436,8 @@ async fn operate(
     Ok(Json(answer))
 }
 
-pub async fn resolve(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OwnerQuery>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
-    let idempotency =
-        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/resolve"), &body)?;
-    let mut fields = Fields::new(body);
+pub async fn resolve(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     let outcome = match status {
@@ -459,7 +504,7 @@ pub async fn resolve(
             "completion_delivery": completion_delivery,
         });
         Ok((answer, events))
-    })
+    }, nothing_after)
     .await
 }
 
@@ -467,18 +512,8 @@ fn stale(stored: &StoredIntent) -> Value {
     json!({"ok": true, "applied": false, "reason": "stale_policy_generation", "policy_generation": stored.record.policy_generation()})
 }
 
-pub async fn resume(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OwnerQuery>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
-    let idempotency =
-        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/resume"), &body)?;
-    let mut fields = Fields::new(body);
+pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
     let approve = fields.boolean("approve_current_step")?.unwrap_or(true);
     let reason = fields.string("reason")?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
@@ -494,35 +529,35 @@ pub async fn resume(
         actor: actor.clone(),
         action: ControlAction::Resume { approve, details: details.clone() },
     };
-    operate(&state, caller, &id, idempotency, Some(forward), move |_caller, stored| {
-        if let Some(expected) = expected_generation
-            && expected != stored.record.policy_generation()
-        {
-            return Ok((stale(stored), vec![]));
-        }
-        let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
-        let answer = json!({
-            "ok": true,
-            "applied": outcome.applied,
-            "reason": outcome.reason,
-            "policy_generation": stored.record.policy_generation(),
-            "intent": views::intent(stored),
-        });
-        Ok((answer, outcome.events))
-    })
+    operate(
+        &state,
+        caller,
+        &id,
+        idempotency,
+        Some(forward),
+        move |_caller, stored| {
+            if let Some(expected) = expected_generation
+                && expected != stored.record.policy_generation()
+            {
+                return Ok((stale(stored), vec![]));
+            }
+            let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
+            let answer = json!({
+                "ok": true,
+                "applied": outcome.applied,
+                "reason": outcome.reason,
+                "policy_generation": stored.record.policy_generation(),
+                "intent": views::intent(stored),
+            });
+            Ok((answer, outcome.events))
+        },
+        nothing_after,
+    )
     .await
 }
 
-pub async fn controls(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OwnerQuery>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let request = PolicyRequest { endpoint: "controls", id, owner: query.owner_agent, body };
-    update_policy(&state, caller, &headers, request, |fields| {
+pub async fn controls(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    update_policy(&state, call, |fields| {
         let controls = fields.object("controls_patch")?;
         if controls.is_none() {
             return Err(ApiError::invalid("controls_patch", "is required (a JSON object)"));
@@ -532,16 +567,8 @@ pub async fn controls(
     .await
 }
 
-pub async fn policy(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OwnerQuery>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let request = PolicyRequest { endpoint: "policy", id, owner: query.owner_agent, body };
-    update_policy(&state, caller, &headers, request, |fields| {
+pub async fn policy(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    update_policy(&state, call, |fields| {
         let grants = fields.object("grants_patch")?;
         let envelope = fields.object("envelope_patch")?;
         if grants.is_none() && envelope.is_none() {
@@ -550,13 +577,6 @@ pub async fn policy(
         Ok(Patches { controls: None, grants, envelope })
     })
     .await
-}
-
-struct PolicyRequest {
-    endpoint: &'static str,
-    id: String,
-    owner: Option<String>,
-    body: Map<String, Value>,
 }
 
 /// The merge patches one policy request carries.
@@ -569,33 +589,35 @@ struct Patches {
 /// `controls` and `policy`: merge patches under compare-and-set on `policy_generation`.
 async fn update_policy(
     state: &AppState,
-    caller: Caller,
-    headers: &HeaderMap,
-    request: PolicyRequest,
+    call: IntentCall,
     patches: impl FnOnce(&mut Fields) -> ApiResult<Patches>,
 ) -> ApiResult<Json<Value>> {
-    let PolicyRequest { endpoint, id, owner, body } = request;
-    caller.actor(headers, owner.as_deref())?;
-    let path = format!("POST /v1/intents/{id}/{endpoint}");
-    let idempotency = Idempotency::from_request(state, &caller, headers, &path, &body)?;
-    let mut fields = Fields::new(body);
+    let IntentCall { caller, id, idempotency, mut fields, .. } = call;
     let patches = patches(&mut fields)?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
     fields.string("reason")?;
     fields.string("actor")?;
     fields.boolean("internal_scheduler")?;
     fields.finish()?;
-    operate(state, caller, &id, idempotency, None, move |_caller, stored| {
-        let Patches { controls, grants, envelope } = patches;
-        let update = stored.record.update_policy(
-            expected_generation,
-            controls.as_ref(),
-            grants.as_ref(),
-            envelope.as_ref(),
-            &now_rfc3339(),
-        )?;
-        Ok((policy_answer(update), vec![]))
-    })
+    operate(
+        state,
+        caller,
+        &id,
+        idempotency,
+        None,
+        move |_caller, stored| {
+            let Patches { controls, grants, envelope } = patches;
+            let update = stored.record.update_policy(
+                expected_generation,
+                controls.as_ref(),
+                grants.as_ref(),
+                envelope.as_ref(),
+                &now_rfc3339(),
+            )?;
+            Ok((policy_answer(update), vec![]))
+        },
+        nothing_after,
+    )
     .await
 }
 
@@ -606,18 +628,8 @@ fn policy_answer(update: crate::intent::PolicyUpdate) -> Value {
 
 /// The handler reports progress: ACKNOWLEDGED, IN_PROGRESS, or WAITING with a reason.
 /// Terminal outcomes go through `resolve`; DELIVERED is recorded by the node itself.
-pub async fn transition(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<OwnerQuery>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let actor = caller.actor(&headers, query.owner_agent.as_deref())?;
-    let idempotency =
-        Idempotency::from_request(&state, &caller, &headers, &format!("POST /v1/intents/{id}/transition"), &body)?;
-    let mut fields = Fields::new(body);
+pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     if !matches!(status, Status::Acknowledged | Status::InProgress | Status::Waiting) {
@@ -636,13 +648,58 @@ pub async fn transition(
         .map_err(|error| ApiError::invalid("waiting_reason", error))?;
     let details = fields.object("details")?.map(Value::Object).unwrap_or_else(|| json!({}));
     fields.finish()?;
-    operate(&state, caller, &id, idempotency, None, move |caller, stored| {
-        require_handler(caller, stored, "report progress on this intent")?;
-        let event = stored.record.transition(status, waiting_reason, Some(&actor), details, &now_rfc3339())?;
-        let answer = json!({"ok": true, "intent": views::intent(stored), "event": views::event(&event)});
-        Ok((answer, vec![event]))
-    })
+    operate(
+        &state,
+        caller,
+        &id,
+        idempotency,
+        None,
+        move |caller, stored| {
+            require_handler(caller, stored, "report progress on this intent")?;
+            let event = stored.record.transition(status, waiting_reason, Some(&actor), details, &now_rfc3339())?;
+            let answer = json!({"ok": true, "intent": views::intent(stored), "event": views::event(&event)});
+            Ok((answer, vec![event]))
+        },
+        nothing_after,
+    )
     .await
+}
+
+/// The handler hands the intent to another address: on this node, or on another org's node
+/// (which then sequences the rest of the log). The status stays; the new handler is offered
+/// the intent as if it had just arrived.
+pub async fn transfer(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let to_agent = fields
+        .address("to_agent")?
+        .ok_or_else(|| ApiError::invalid("to_agent", "is required: the agent address that takes the intent over"))?;
+    let reason = fields.string("reason")?;
+    fields.finish()?;
+    let home = match check_route(&state, &to_agent)? {
+        None => HandlerHome::Local,
+        Some(link) => HandlerHome::Remote(link.peer),
+    };
+    let change = move |caller: &Caller, stored: &mut StoredIntent| {
+        require_handler(caller, stored, "transfer this intent")?;
+        let event = stored.record.transfer(to_agent.as_str(), reason.as_deref(), Some(&actor), &now_rfc3339())?;
+        let answer =
+            json!({"ok": true, "applied": true, "intent": views::intent(stored), "event": views::event(&event)});
+        Ok((answer, vec![event]))
+    };
+    let after = move |txn: &mut Txn, stored: &mut StoredIntent, events: &[LifecycleEvent]| {
+        if matches!(home, HandlerHome::Remote(_)) {
+            let item = TransferItem { record: stored.record.clone(), events: txn.events_after(stored, 0)? };
+            if !item.fits_one_event() {
+                return Err(ApiError::too_large(format!(
+                    "intent {} with its {} events is larger than one Matrix event ({MAX_EVENT_CONTENT_BYTES} bytes) and cannot move to another node",
+                    stored.record.intent_id,
+                    item.events.len()
+                )));
+            }
+        }
+        Ok(txn.follow_transfer(stored, &events[0], home)?)
+    };
+    operate(&state, caller, &id, idempotency, None, change, after).await
 }
 
 #[derive(Deserialize)]

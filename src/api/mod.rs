@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/intents/{id}/controls", post(intents::controls))
         .route("/v1/intents/{id}/policy", post(intents::policy))
         .route("/v1/intents/{id}/transition", post(intents::transition))
+        .route("/v1/intents/{id}/transfer", post(intents::transfer))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{*address}", get(agents::get_or_listen))
         .route("/v1/registry", get(registry::show))

@@ -1,4 +1,4 @@
-//! `axp intents send|get|events|watch|resolve|transition` against a running node.
+//! `axp intents send|get|events|watch|resolve|transition|transfer` against a running node.
 
 use std::process::ExitCode;
 
@@ -76,6 +76,15 @@ enum IntentsCommand {
         #[arg(long)]
         waiting_reason: Option<String>,
     },
+    /// Hand the intent to another handler, on this node or another org's, as its handler.
+    Transfer {
+        intent_id: String,
+        /// The address that takes the intent over.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 pub async fn run(args: IntentsArgs) -> anyhow::Result<ExitCode> {
@@ -143,6 +152,14 @@ pub async fn run(args: IntentsArgs) -> anyhow::Result<ExitCode> {
             let answer = client.post(&format!("/v1/intents/{intent_id}/transition"), &body, None).await?;
             print_change(&answer, json_output);
         }
+        IntentsCommand::Transfer { intent_id, to, reason } => {
+            let mut body = json!({"to_agent": to});
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            let answer = client.post(&format!("/v1/intents/{intent_id}/transfer"), &body, None).await?;
+            print_change(&answer, json_output);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -206,6 +223,9 @@ fn print_intent(intent: &Value) {
     println!("type     {}", text("intent_type"));
     println!("from     {}", text("from_agent"));
     println!("to       {}", text("to_agent"));
+    if intent["handler"] != intent["to_agent"] {
+        println!("handler  {}", text("handler"));
+    }
     let waiting = intent["waiting_reason"].as_str().map(|reason| format!(" ({reason})")).unwrap_or_default();
     println!("status   {}{waiting}  seq {}", text("status"), intent["seq"]);
     println!("updated  {}", text("updated_at"));

@@ -39,6 +39,8 @@ pub enum LifecycleError {
     OtherIntent { expected: String, got: String },
     #[error("event seq {got} does not follow seq {have}; the events in between are missing")]
     Gap { have: u64, got: u64 },
+    #[error("{handler} already handles this intent; transfer it to another address")]
+    SameHandler { handler: String },
 }
 
 impl LifecycleError {
@@ -51,6 +53,7 @@ impl LifecycleError {
             LifecycleError::WaitingReasonNotAllowed { .. } => "waiting_reason_not_allowed",
             LifecycleError::OtherIntent { .. } => "other_intent",
             LifecycleError::Gap { .. } => "seq_gap",
+            LifecycleError::SameHandler { .. } => "same_handler",
         }
     }
 

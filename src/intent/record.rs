@@ -45,6 +45,9 @@ pub struct IntentRecord {
     controls: Map<String, Value>,
     grants: Map<String, Value>,
     envelope: Map<String, Value>,
+    /// Set by a transfer until the new handler acts: the intent is offered to it again.
+    #[serde(default)]
+    handed_over: bool,
 }
 
 /// The terminal outcome a resolve asks for.
@@ -95,6 +98,7 @@ impl IntentRecord {
             controls: Map::new(),
             grants: Map::new(),
             envelope: Map::new(),
+            handed_over: false,
         };
         let created = record.event(EventType::Created, Some(actor), at, json!({}));
         let submitted = record
@@ -150,9 +154,33 @@ impl IntentRecord {
         check_waiting_reason(to, waiting_reason)?;
         self.status = to;
         self.waiting_reason = waiting_reason;
+        self.handed_over = false;
         self.seq += 1;
         self.updated_at = at.to_owned();
         Ok(self.event(EventType::entering(to), actor, at, details))
+    }
+
+    /// Hands the intent to another handler (`intent.transfer`). The status stays; the new
+    /// handler is offered the intent as if it had just arrived, until it acts on it.
+    pub fn transfer(
+        &mut self,
+        to_handler: &str,
+        reason: Option<&str>,
+        actor: Option<&str>,
+        at: &str,
+    ) -> Result<LifecycleEvent, LifecycleError> {
+        if self.status.is_terminal() {
+            return Err(LifecycleError::Terminal { status: self.status });
+        }
+        if self.handler == to_handler {
+            return Err(LifecycleError::SameHandler { handler: self.handler.clone() });
+        }
+        let details = json!({"from_handler": self.handler, "to_handler": to_handler, "reason": reason});
+        self.handler = to_handler.to_owned();
+        self.handed_over = true;
+        self.seq += 1;
+        self.updated_at = at.to_owned();
+        Ok(self.event(EventType::Transfer, actor, at, details))
     }
 
     /// Ends the intent. COMPLETED is legal only from IN_PROGRESS, so a resolve from an earlier
@@ -257,6 +285,7 @@ impl IntentRecord {
         check_waiting_reason(event.status, event.waiting_reason)?;
         self.status = event.status;
         self.waiting_reason = event.waiting_reason;
+        self.handed_over = event.event_type == EventType::Transfer;
         self.seq = event.seq;
         self.updated_at = event.at.clone();
         if let Some(handler) = &event.handler {
@@ -270,9 +299,10 @@ impl IntentRecord {
         Ok(true)
     }
 
-    /// Whether the intent still expects its handler to pick it up: nobody acknowledged it yet.
+    /// Whether the intent still expects its handler to pick it up: nobody acknowledged it yet,
+    /// or it was transferred and the new handler has not acted on it.
     pub fn awaits_pickup(&self) -> bool {
-        matches!(self.status, Status::Submitted | Status::Delivered)
+        self.handed_over || matches!(self.status, Status::Submitted | Status::Delivered)
     }
 
     fn event(&self, event_type: EventType, actor: Option<&str>, at: &str, details: Value) -> LifecycleEvent {
@@ -394,6 +424,30 @@ mod tests {
         forged.seq = 5;
         forged.status = Status::InProgress;
         assert_eq!(replica.apply_remote(&forged), Err(LifecycleError::Terminal { status: Status::Completed }));
+    }
+
+    #[test]
+    fn a_transfer_changes_the_handler_not_the_status_and_waits_for_the_new_one() {
+        let mut record = submitted();
+        record.transition(Status::InProgress, None, Some("agent://acme/b"), json!({}), AT).unwrap();
+        assert!(!record.awaits_pickup());
+        let mut replica = record.clone();
+        let event = record.transfer("agent://acme/c", Some("wrong desk"), Some("agent://acme/b"), AT).unwrap();
+        assert_eq!((event.seq, event.event_type.as_str(), event.status), (4, "intent.transfer", Status::InProgress));
+        assert_eq!(event.handler.as_deref(), Some("agent://acme/c"));
+        assert_eq!(event.details["from_handler"], "agent://acme/b");
+        assert_eq!((record.handler(), record.awaits_pickup()), ("agent://acme/c", true));
+        assert_eq!(replica.apply_remote(&event), Ok(true));
+        assert_eq!(replica, record, "a replica follows the transfer");
+        let same = record.transfer("agent://acme/c", None, None, AT);
+        assert_eq!(same, Err(LifecycleError::SameHandler { handler: "agent://acme/c".into() }));
+        let waiting = record.transition(Status::Waiting, Some(WaitingReason::WaitingForTool), None, json!({}), AT);
+        assert!(waiting.is_ok());
+        assert!(!record.awaits_pickup(), "the new handler acted");
+        record.resolve(ResolveOutcome::Canceled { reason: "x".into() }, None, AT).unwrap();
+        let late = record.transfer("agent://acme/d", None, None, AT);
+        assert_eq!(late, Err(LifecycleError::Terminal { status: Status::Canceled }));
+        assert_eq!(record.seq(), 6);
     }
 
     #[test]

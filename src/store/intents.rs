@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::outbox::{OutboxEntry, OutboxKind};
 use super::{Store, StoreError, Txn, decode};
 use crate::intent::{IntentRecord, LifecycleEvent};
-use crate::transport::wire::{IntentItem, LifecycleItem, NodeRef};
+use crate::transport::wire::{IntentItem, LifecycleItem, NodeRef, TransferItem};
 
 const FEED_COUNTER: &[u8] = b"m/feed_cursor";
 
@@ -38,12 +38,27 @@ pub enum LinkRole {
     Initiator,
     /// This node handles an intent another node sent, and reports its events back.
     Handler,
+    /// This node handled the intent for `peer` (the initiator's node) and transferred it to a
+    /// handler on another node; its copy ends with the `intent.transfer` event.
+    TransferredAway,
+}
+
+/// Where an intent's handler lives, as this node's registry routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerHome {
+    Local,
+    Remote(NodeRef),
 }
 
 impl StoredIntent {
     /// Whether another node sequences this intent's events.
     pub fn is_replica(&self) -> bool {
         self.link.as_ref().is_some_and(|link| link.role == LinkRole::Initiator)
+    }
+
+    /// Whether this node transferred the intent away and no longer follows it.
+    pub fn is_transferred_away(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.role == LinkRole::TransferredAway)
     }
 }
 
@@ -129,16 +144,101 @@ impl Txn<'_> {
                 item: serde_json::to_value(item).expect("intents serialise"),
             })?;
         } else {
-            let record = &stored.record;
-            self.put(feed_key(Feed::Received, &record.to_agent, cursor), value.clone());
-            if !record.status().is_terminal() {
-                self.put(feed_key(Feed::Open, &record.to_agent, cursor), value);
-            }
-            self.notify_agent(&record.to_agent);
-            self.register_agent(&record.to_agent, &record.created_at)?;
+            self.index_for_handler(&stored, cursor)?;
         }
         self.save_intent(&stored, events)?;
         Ok(stored)
+    }
+
+    /// Puts the intent in its handler's feeds at `cursor`, so the handler is offered it.
+    fn index_for_handler(&mut self, stored: &StoredIntent, cursor: u64) -> Result<(), StoreError> {
+        let record = &stored.record;
+        let handler = record.handler();
+        let value = parse_id(record)?.as_bytes().to_vec();
+        self.put(feed_key(Feed::Received, handler, cursor), value.clone());
+        if !record.status().is_terminal() {
+            self.put(feed_key(Feed::Open, handler, cursor), value);
+        }
+        self.notify_agent(handler);
+        self.register_agent(handler, record.updated_at())
+    }
+
+    /// Takes the intent out of the open feed of `handler` and drops its lease.
+    fn unindex_open(&mut self, stored: &StoredIntent, handler: &str) -> Result<(), StoreError> {
+        self.remove(feed_key(Feed::Open, handler, stored.cursor));
+        self.remove(lease_key(parse_id(&stored.record)?));
+        Ok(())
+    }
+
+    /// Moves an intent whose handler just changed (its `transfer` event is saved) to where the
+    /// new handler lives. This node either keeps sequencing it (a local handler), hands the
+    /// whole log to the new handler's node (when this node is the initiator's), or, as a former
+    /// owner working for another initiator, stops: that initiator's node learns of the transfer
+    /// from the event and hands the intent over itself.
+    pub fn follow_transfer(
+        &mut self,
+        stored: &mut StoredIntent,
+        transfer: &LifecycleEvent,
+        home: HandlerHome,
+    ) -> Result<(), StoreError> {
+        let previous_handler = transfer.details["from_handler"].as_str().unwrap_or_default();
+        let role = stored.link.as_ref().map(|link| link.role);
+        match (role, home) {
+            (Some(LinkRole::TransferredAway), _) => return Ok(()),
+            (Some(LinkRole::Initiator), HandlerHome::Remote(peer))
+                if stored.link.as_ref().is_some_and(|link| link.peer == peer) =>
+            {
+                return Ok(());
+            }
+            (None | Some(LinkRole::Handler | LinkRole::Initiator), HandlerHome::Local) => {
+                self.unindex_open(stored, previous_handler)?;
+                if role == Some(LinkRole::Initiator) {
+                    stored.link = None;
+                }
+                stored.cursor = self.next_counter(FEED_COUNTER)?;
+                self.index_for_handler(stored, stored.cursor)?;
+            }
+            (Some(LinkRole::Handler), HandlerHome::Remote(_)) => {
+                self.unindex_open(stored, previous_handler)?;
+                if let Some(link) = stored.link.as_mut() {
+                    link.role = LinkRole::TransferredAway;
+                }
+            }
+            (None | Some(LinkRole::Initiator), HandlerHome::Remote(peer)) => {
+                self.unindex_open(stored, previous_handler)?;
+                let events = self.events_after(stored, 0)?;
+                let item = TransferItem { record: stored.record.clone(), events };
+                self.enqueue(&OutboxEntry {
+                    peer: peer.clone(),
+                    address: stored.record.handler().to_owned(),
+                    room_id: None,
+                    kind: OutboxKind::Transfer,
+                    item: serde_json::to_value(item).expect("transfers serialise"),
+                })?;
+                stored.link = Some(RemoteLink { role: LinkRole::Initiator, peer, room_id: None });
+            }
+        }
+        self.save_intent(stored, &[])
+    }
+
+    /// Takes over an intent the initiator's node handed to this node's handler: a new intent
+    /// here, or one this node had transferred away before and now gets back, longer.
+    pub fn adopt_transfer(&mut self, item: TransferItem, link: RemoteLink) -> Result<bool, StoreError> {
+        let id = parse_id(&item.record)?;
+        let cursor = self.next_counter(FEED_COUNTER)?;
+        let known = self.intent(id)?;
+        let since = match &known {
+            None => 0,
+            Some(stored) if stored.is_transferred_away() && stored.record.seq() < item.record.seq() => {
+                stored.record.seq()
+            }
+            Some(_) => return Ok(false),
+        };
+        let stored = StoredIntent { cursor, record: item.record, link: Some(link) };
+        self.index_for_handler(&stored, cursor)?;
+        let fresh: Vec<LifecycleEvent> = item.events.into_iter().filter(|event| event.seq > since).collect();
+        self.save_intent(&stored, &fresh)?;
+        Ok(true)
     }
 
     /// Stores a changed intent and the events the change appended. When this node handles the
@@ -160,19 +260,23 @@ impl Txn<'_> {
         let item = LifecycleItem { intent_id: stored.record.intent_id.clone(), events: events.to_vec() };
         self.enqueue(&OutboxEntry {
             peer: link.peer.clone(),
-            address: stored.record.to_agent.clone(),
+            address: stored.record.handler().to_owned(),
             room_id: link.room_id.clone(),
             kind: OutboxKind::Lifecycle,
             item: serde_json::to_value(item).expect("events serialise"),
         })
     }
 
-    /// Committed events of an intent with `seq > since`, in order.
+    /// Events of an intent with `seq > since`, in order, including those written earlier in
+    /// this batch (read key by key up to the record's seq, so nothing uncommitted is missed).
     pub fn events_after(&self, stored: &StoredIntent, since: u64) -> Result<Vec<LifecycleEvent>, StoreError> {
         let id = parse_id(&stored.record)?;
-        let start = event_key(id, since.saturating_add(1));
-        let end = event_key(id, u64::MAX);
-        self.tree().range(start..=end).map(|item| decode(&item?.1)).collect()
+        (since.saturating_add(1)..=stored.record.seq())
+            .map(|seq| {
+                self.get_json(&event_key(id, seq))?
+                    .ok_or_else(|| StoreError::Corrupt(format!("event {seq} of intent {id} is missing")))
+            })
+            .collect()
     }
 
     fn save_intent(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
@@ -181,7 +285,7 @@ impl Txn<'_> {
             self.put_json(event_key(id, event.seq), event);
         }
         if stored.record.status().is_terminal() {
-            self.remove(feed_key(Feed::Open, &stored.record.to_agent, stored.cursor));
+            self.remove(feed_key(Feed::Open, stored.record.handler(), stored.cursor));
             self.remove(lease_key(id));
         }
         self.put_json(intent_key(id), stored);

@@ -42,7 +42,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use agents::AgentRecord;
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
-pub use intents::{Feed, FeedEntry, LinkRole, RemoteLink, StoredIntent};
+pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use txn::{CommitNotice, Txn};
 use writer::Job;

@@ -18,6 +18,7 @@ pub enum OutboxKind {
     Intent,
     Lifecycle,
     Control,
+    Transfer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,11 +36,6 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// The committed tree, for range reads that need not see this batch's writes.
-    pub(super) fn tree(&self) -> &sled::Tree {
-        self.tree
-    }
-
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(value) = self.job.get(key).or_else(|| self.batch.get(key)) {
             return Ok(value.clone());

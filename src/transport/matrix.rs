@@ -33,13 +33,13 @@ use serde_json::{Value, json};
 
 use super::wire::{
     CONTROL_EVENT, ControlAction, ControlItem, INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem,
-    NodeRef, ROUTE_EVENT, RouteState, group_items,
+    NodeRef, ROUTE_EVENT, RouteState, TRANSFER_EVENT, TransferItem, group_items,
 };
 use crate::config::{Config, MatrixSection};
-use crate::intent::{LifecycleError, ResolveOutcome};
+use crate::intent::{EventType, LifecycleError, ResolveOutcome};
 use crate::registry::NodeRecord;
-use crate::routing::Routing;
-use crate::store::{LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
+use crate::routing::{Route, Routing};
+use crate::store::{HandlerHome, LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries after failed syncs and sends back off up to this: after a homeserver outage the node
@@ -417,7 +417,12 @@ async fn handle_event(
     let Some((route, peer)) = verified_peer(client, room, shared, encryption, &sender).await else { return };
     let content: Value = raw.get_field("content").ok().flatten().unwrap_or(Value::Null);
     let outcome = match kind.as_str() {
-        INTENT_EVENT if route.handler == shared.local => adopt_intents(shared, room, &route, &peer, content).await,
+        INTENT_EVENT if route.handler == shared.local => {
+            adopt::<IntentItem>(shared, room, &route, &peer, content).await
+        }
+        TRANSFER_EVENT if route.handler == shared.local => {
+            adopt::<TransferItem>(shared, room, &route, &peer, content).await
+        }
         LIFECYCLE_EVENT if route.initiator == shared.local => apply_lifecycle(shared, &peer, content).await,
         CONTROL_EVENT if route.handler == shared.local => apply_controls(shared, &peer, content).await,
         other => {
@@ -450,16 +455,54 @@ async fn backfill(client: &Client, shared: &Shared, room: &Room) {
     }
 }
 
-/// Stores intents another node sent for a handler this node hosts; a repeat changes nothing.
-async fn adopt_intents(
+/// An item of an `axp.intent.v1` or `axp.transfer.v1` event: checked, then taken over.
+trait Handover: serde::de::DeserializeOwned + Send + 'static {
+    const EVENT: &'static str;
+    fn check(&self, sender_org: &str, room_address: &str) -> Result<(), super::wire::IntentRefusal>;
+    /// Stores the item under `link`; a repeat changes nothing.
+    fn take_over(self, txn: &mut Txn, link: &RemoteLink) -> Result<(), StoreError>;
+}
+
+impl Handover for IntentItem {
+    const EVENT: &'static str = INTENT_EVENT;
+    fn check(&self, sender_org: &str, room_address: &str) -> Result<(), super::wire::IntentRefusal> {
+        IntentItem::check(self, sender_org, room_address)
+    }
+    fn take_over(self, txn: &mut Txn, link: &RemoteLink) -> Result<(), StoreError> {
+        let Ok(id) = uuid::Uuid::parse_str(&self.record.intent_id) else { return Ok(()) };
+        if txn.intent(id)?.is_none() {
+            txn.insert_intent(self.record, &self.events, Some(link.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Handover for TransferItem {
+    const EVENT: &'static str = TRANSFER_EVENT;
+    fn check(&self, sender_org: &str, room_address: &str) -> Result<(), super::wire::IntentRefusal> {
+        TransferItem::check(self, sender_org, room_address)
+    }
+    fn take_over(self, txn: &mut Txn, link: &RemoteLink) -> Result<(), StoreError> {
+        let (intent_id, handler) = (self.record.intent_id.clone(), self.record.handler().to_owned());
+        if txn.adopt_transfer(self, link.clone())? {
+            tracing::info!(%intent_id, %handler, "took over a transferred intent");
+        }
+        Ok(())
+    }
+}
+
+/// Takes over what another node hands to a handler this node hosts: new intents, and intents
+/// transferred here (this node then owns them and reports to the initiator's node). Items that
+/// fail their checks, and events for addresses this node does not host, are dropped and audited.
+async fn adopt<T: Handover>(
     shared: &Shared,
     room: &Room,
     route: &RouteState,
     peer: &NodeRef,
     content: Value,
 ) -> Result<(), StoreError> {
-    let Ok(Items { items }) = serde_json::from_value::<Items<IntentItem>>(content) else {
-        audit_drop("malformed", room.room_id(), &peer.node, INTENT_EVENT);
+    let Ok(Items { items }) = serde_json::from_value::<Items<T>>(content) else {
+        audit_drop("malformed", room.room_id(), &peer.node, T::EVENT);
         return Ok(());
     };
     let hosted =
@@ -472,22 +515,17 @@ async fn adopt_intents(
     for item in items {
         match item.check(&peer.org, &route.address) {
             Ok(()) => accepted.push(item),
-            Err(refusal) => audit_drop("intent_refused", room.room_id(), &peer.node, &refusal.to_string()),
+            Err(refusal) => audit_drop("item_refused", room.room_id(), &peer.node, &format!("{}: {refusal}", T::EVENT)),
         }
     }
     let link = RemoteLink { role: LinkRole::Handler, peer: peer.clone(), room_id: Some(room.room_id().to_string()) };
-    let room_id = room.room_id().to_string();
-    let route = route.clone();
-    let peer = peer.clone();
+    let (room_id, route, peer) = (room.room_id().to_string(), route.clone(), peer.clone());
     shared
         .store
         .write(move |txn| -> Result<(), StoreError> {
             txn.remember_room(&room_id, &route, &peer);
             for item in accepted {
-                let Ok(id) = uuid::Uuid::parse_str(&item.record.intent_id) else { continue };
-                if txn.intent(id)?.is_none() {
-                    txn.insert_intent(item.record, &item.events, Some(link.clone()))?;
-                }
+                item.take_over(txn, &link)?;
             }
             Ok(())
         })
@@ -495,11 +533,11 @@ async fn adopt_intents(
 }
 
 /// Parses `content` as items of a peer's event and, in one write, hands each item whose intent
-/// this node links to `peer` in `role` to `apply`. Anything else is dropped and audited.
+/// this node links to `peer` in one of `roles` to `apply`. Anything else is dropped and audited.
 async fn for_linked_intents<T>(
     shared: &Shared,
     peer: &NodeRef,
-    role: LinkRole,
+    roles: &'static [LinkRole],
     what: &'static str,
     content: Value,
     apply: impl Fn(&mut Txn, &mut StoredIntent, T) -> Result<(), StoreError> + Send + 'static,
@@ -518,7 +556,7 @@ where
             for item in items {
                 let Ok(id) = uuid::Uuid::parse_str(item.intent_id()) else { continue };
                 let Some(mut stored) = txn.intent(id)? else { continue };
-                if stored.link.as_ref().is_none_or(|link| link.role != role || link.peer != peer) {
+                if stored.link.as_ref().is_none_or(|link| !roles.contains(&link.role) || link.peer != peer) {
                     tracing::warn!(target: "axp::audit", decision = "dropped", reason = "not_linked_to_sender", intent_id = %id, peer = %peer.node, what);
                     continue;
                 }
@@ -548,10 +586,12 @@ impl ForIntent for ControlItem {
 
 /// Applies events the owner appended to this node's replicas, in order, once.
 /// Events out of order (some were lost on the way) make the replica ask the owner to send
-/// everything after its last event again.
+/// everything after its last event again. After an `intent.transfer` to a handler on another
+/// node, this node (the initiator's) hands the intent to that node, or takes it over itself.
 async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
     let local = shared.local.clone();
-    for_linked_intents(shared, peer, LinkRole::Initiator, LIFECYCLE_EVENT, content, move |txn, stored, item: LifecycleItem| {
+    let routing = shared.routing.clone();
+    for_linked_intents(shared, peer, &[LinkRole::Initiator], LIFECYCLE_EVENT, content, move |txn, stored, item: LifecycleItem| {
         let mut applied = Vec::new();
         for event in item.events {
             match stored.record.apply_remote(&event) {
@@ -568,7 +608,7 @@ async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Res
                     };
                     txn.enqueue(&OutboxEntry {
                         peer: link.peer.clone(),
-                        address: stored.record.to_agent.clone(),
+                        address: stored.record.handler().to_owned(),
                         room_id: None,
                         kind: OutboxKind::Control,
                         item: serde_json::to_value(request).expect("controls serialise"),
@@ -581,14 +621,38 @@ async fn apply_lifecycle(shared: &Shared, peer: &NodeRef, content: Value) -> Res
                 }
             }
         }
-        if applied.is_empty() { Ok(()) } else { txn.update_intent(stored, &applied) }
+        if applied.is_empty() {
+            return Ok(());
+        }
+        txn.update_intent(stored, &applied)?;
+        let Some(transfer) = applied.iter().rev().find(|event| event.event_type == EventType::Transfer) else {
+            return Ok(());
+        };
+        match handler_home(&routing, stored.record.handler()) {
+            Some(home) => txn.follow_transfer(stored, transfer, home),
+            None => {
+                tracing::error!(target: "axp::audit", intent_id = %stored.record.intent_id, handler = stored.record.handler(), "intent transferred to a handler this node cannot route to; it stays with its former owner");
+                Ok(())
+            }
+        }
     })
     .await
 }
 
+/// Where the registry routes a handler address, if anywhere.
+fn handler_home(routing: &Routing, handler: &str) -> Option<HandlerHome> {
+    let address = crate::address::AgentAddress::parse(handler).ok()?;
+    match routing.route(&address) {
+        Route::Local => Some(HandlerHome::Local),
+        Route::Remote { org, node } => Some(HandlerHome::Remote(NodeRef { org, node: node.id })),
+        Route::Unroutable { .. } => None,
+    }
+}
+
 /// Sequences the initiator's requests (cancel, resume) on intents this node owns for it, each
 /// once; the resulting events go back like any other. A request the lifecycle refuses changes
-/// nothing. A replica that missed events gets them again.
+/// nothing. A replica that missed events gets them again, also from a node that has since
+/// transferred the intent away (the initiator may have missed that very transfer).
 async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Result<(), StoreError> {
     let initiator = peer.clone();
     let apply = move |txn: &mut Txn, stored: &mut StoredIntent, item: ControlItem| {
@@ -601,6 +665,10 @@ async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Resu
             ControlAction::Resend { after_seq } => {
                 let events = txn.events_after(stored, after_seq)?;
                 return if events.is_empty() { Ok(()) } else { txn.send_events_to_initiator(stored, &events) };
+            }
+            _ if stored.is_transferred_away() => {
+                tracing::warn!(intent_id = %stored.record.intent_id, handler = stored.record.handler(), "initiator's request for an intent transferred away; not applied");
+                return Ok(());
             }
             ControlAction::Cancel { reason } => {
                 stored.record.resolve(ResolveOutcome::Canceled { reason }, Some(&actor), &at)
@@ -618,7 +686,8 @@ async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Resu
             }
         }
     };
-    for_linked_intents(shared, peer, LinkRole::Handler, CONTROL_EVENT, content, apply).await
+    let roles = &[LinkRole::Handler, LinkRole::TransferredAway];
+    for_linked_intents(shared, peer, roles, CONTROL_EVENT, content, apply).await
 }
 
 /// Drains the outbox: groups entries bound for the same room into one event, sends it with a
@@ -684,6 +753,7 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
             OutboxKind::Intent => INTENT_EVENT,
             OutboxKind::Lifecycle => LIFECYCLE_EVENT,
             OutboxKind::Control => CONTROL_EVENT,
+            OutboxKind::Transfer => TRANSFER_EVENT,
         };
         let first_seq = run[0].0;
         for (index, group) in groups.into_iter().enumerate() {

@@ -4,6 +4,10 @@
 //! - `axp.intent.v1`: new intents, initiator's node to handler's node, with their first events.
 //! - `axp.lifecycle.v1`: events the owner appended, handler's node to initiator's node.
 //! - `axp.control.v1`: requests of the initiator (cancel, resume) for the owner to sequence.
+//! - `axp.transfer.v1`: an intent whose handler moved to another node, initiator's node to the
+//!   new handler's node, with its whole log; the receiver becomes the owner and goes on at the
+//!   next seq. The initiator's node sends it because it is the one node that always knows
+//!   where an intent's owner is (the old owner tells it with `intent.transfer`).
 //!
 //! Each message event carries `items`, so that several intents or events bound for the same
 //! room can share one Matrix event under load. Every event is end-to-end encrypted on the wire.
@@ -16,6 +20,7 @@ pub const ROUTE_EVENT: &str = "axp.route.v1";
 pub const INTENT_EVENT: &str = "axp.intent.v1";
 pub const LIFECYCLE_EVENT: &str = "axp.lifecycle.v1";
 pub const CONTROL_EVENT: &str = "axp.control.v1";
+pub const TRANSFER_EVENT: &str = "axp.transfer.v1";
 
 /// Matrix refuses events over 64 KiB; stay well below with room for encryption overhead
 /// (base64 of the ciphertext grows it by a third).
@@ -41,6 +46,14 @@ pub struct NodeRef {
 /// the events it recorded (seq 1 and 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IntentItem {
+    pub record: IntentRecord,
+    pub events: Vec<LifecycleEvent>,
+}
+
+/// An intent handed to the node of its new handler: the record and the whole log, which ends
+/// with the `intent.transfer` that named the new handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferItem {
     pub record: IntentRecord,
     pub events: Vec<LifecycleEvent>,
 }
@@ -102,6 +115,23 @@ pub enum IntentRefusal {
     WrongRoom { to_agent: String, room_address: String },
     #[error("the intent arrives with {count} events in status {status}; expected seq 1-2 ending SUBMITTED")]
     NotFresh { count: usize, status: String },
+    #[error("the handler {handler} is not the address this room carries ({room_address})")]
+    WrongHandler { handler: String, room_address: String },
+    #[error("the log is not seq 1 to {seq} ending with the intent.transfer to this room's address")]
+    BrokenLog { seq: u64 },
+}
+
+/// The org part of an agent address.
+fn org_of(address: &str) -> Option<&str> {
+    address.strip_prefix("agent://").and_then(|rest| rest.split('/').next())
+}
+
+/// Only the initiator's node speaks for an intent's initiator.
+fn check_initiator(record: &IntentRecord, sender_org: &str) -> Result<(), IntentRefusal> {
+    if org_of(&record.from_agent) == Some(sender_org) {
+        return Ok(());
+    }
+    Err(IntentRefusal::ForeignInitiator { from_agent: record.from_agent.clone(), sender_org: sender_org.to_owned() })
 }
 
 impl IntentItem {
@@ -109,13 +139,7 @@ impl IntentItem {
     /// for its own org only, the intent belongs in this room, and it arrives as just submitted.
     pub fn check(&self, sender_org: &str, room_address: &str) -> Result<(), IntentRefusal> {
         let record = &self.record;
-        let from_org = record.from_agent.strip_prefix("agent://").and_then(|rest| rest.split('/').next());
-        if from_org != Some(sender_org) {
-            return Err(IntentRefusal::ForeignInitiator {
-                from_agent: record.from_agent.clone(),
-                sender_org: sender_org.to_owned(),
-            });
-        }
+        check_initiator(record, sender_org)?;
         if record.to_agent != room_address {
             return Err(IntentRefusal::WrongRoom {
                 to_agent: record.to_agent.clone(),
@@ -127,6 +151,35 @@ impl IntentItem {
             return Err(IntentRefusal::NotFresh { count: self.events.len(), status: record.status().to_string() });
         }
         Ok(())
+    }
+}
+
+impl TransferItem {
+    /// Checks what the new handler's node must know before it takes an intent over: the
+    /// sender is the initiator's node, the new handler is this room's address, and the log is
+    /// complete and ends with the transfer to it.
+    pub fn check(&self, sender_org: &str, room_address: &str) -> Result<(), IntentRefusal> {
+        let record = &self.record;
+        check_initiator(record, sender_org)?;
+        if record.handler() != room_address {
+            return Err(IntentRefusal::WrongHandler {
+                handler: record.handler().to_owned(),
+                room_address: room_address.to_owned(),
+            });
+        }
+        let complete = self.events.iter().enumerate().all(|(index, event)| event.seq == index as u64 + 1);
+        let ends_in_transfer = self.events.last().is_some_and(|last| {
+            last.event_type == crate::intent::EventType::Transfer && last.handler.as_deref() == Some(room_address)
+        });
+        if !complete || !ends_in_transfer || self.events.len() as u64 != record.seq() {
+            return Err(IntentRefusal::BrokenLog { seq: record.seq() });
+        }
+        Ok(())
+    }
+
+    /// Whether the item fits in one Matrix event.
+    pub fn fits_one_event(&self) -> bool {
+        serde_json::to_vec(self).is_ok_and(|bytes| bytes.len() + 32 <= MAX_EVENT_CONTENT_BYTES)
     }
 }
 
@@ -191,6 +244,24 @@ mod tests {
         let mut advanced = item("agent://acme/a", "agent://globex/b");
         advanced.events.pop();
         assert!(matches!(advanced.check("acme", "agent://globex/b"), Err(IntentRefusal::NotFresh { .. })));
+    }
+
+    #[test]
+    fn a_transfer_carries_the_whole_log_ending_with_the_move_to_this_room() {
+        let IntentItem { mut record, mut events } = item("agent://acme/a", "agent://globex/b");
+        events.push(record.transfer("agent://initech/c", None, Some("agent://globex/b"), "t").unwrap());
+        let transfer = TransferItem { record, events };
+        assert_eq!(transfer.check("acme", "agent://initech/c"), Ok(()));
+        assert!(transfer.fits_one_event());
+        assert!(matches!(transfer.check("globex", "agent://initech/c"), Err(IntentRefusal::ForeignInitiator { .. })));
+        assert!(matches!(transfer.check("acme", "agent://initech/x"), Err(IntentRefusal::WrongHandler { .. })));
+        let mut truncated = transfer.clone();
+        truncated.events.remove(1);
+        assert!(matches!(truncated.check("acme", "agent://initech/c"), Err(IntentRefusal::BrokenLog { seq: 3 })));
+        let mut untransferred = item("agent://acme/a", "agent://initech/c");
+        untransferred.events.pop();
+        let fresh = TransferItem { record: untransferred.record, events: untransferred.events };
+        assert!(matches!(fresh.check("acme", "agent://initech/c"), Err(IntentRefusal::BrokenLog { .. })));
     }
 
     #[test]

@@ -243,3 +243,15 @@ pub fn assert_gapless(events: &[Value]) {
     assert_eq!(events[0]["event_type"], "intent.created");
     assert_eq!(events[1]["event_type"], "intent.submitted");
 }
+
+/// Polls `probe` until it gives a value; fails the test naming `what` after `limit`.
+pub async fn eventually<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
