@@ -19,6 +19,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
     /// The shared registry; without it the node is standalone and every address is local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistrySection>,
@@ -80,6 +82,38 @@ impl Default for Limits {
     }
 }
 
+/// Push deliveries to `http`-bound agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Time limit of one attempt, unless the binding sets its own.
+    pub timeout_seconds: u64,
+    /// Attempts before a delivery is dead-lettered and its intent fails, unless the intent sets
+    /// `max_delivery_attempts`.
+    pub max_attempts: u32,
+    /// The wait after the first failure; it doubles with each further failure.
+    pub retry_base_ms: u64,
+    pub retry_max_seconds: u64,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Deliver to loopback, private and link-local addresses (refused by default: a callback
+    /// URL must not reach inside the node's network).
+    pub allow_private_targets: bool,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            timeout_seconds: 10,
+            max_attempts: 8,
+            retry_base_ms: 1000,
+            retry_max_seconds: 3600,
+            concurrency: 64,
+            allow_private_targets: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -113,6 +147,7 @@ impl Config {
             node: NodeSection { org: org.to_owned(), listen, data_dir: PathBuf::from(".") },
             limits: Limits::default(),
             log: LogSection::default(),
+            delivery: DeliverySection::default(),
             registry: None,
             matrix: None,
         }
@@ -192,6 +227,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "limits",
                 message: "max_payload_bytes and poll_lease_seconds must be positive".into(),
+            });
+        }
+        let delivery = &self.delivery;
+        if delivery.timeout_seconds == 0 || delivery.max_attempts == 0 || delivery.concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                field: "delivery",
+                message: "timeout_seconds, max_attempts and concurrency must be positive".into(),
             });
         }
         Ok(())

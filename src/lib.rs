@@ -19,6 +19,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod intent;
 pub mod node;
 pub mod registry;

@@ -100,6 +100,7 @@ pub async fn run(
     let mut upkeep = vec![
         tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)),
         tokio::spawn(routing.clone().watch(store.clone())),
+        tokio::spawn(crate::delivery::worker::run(store.clone(), config.delivery.clone())),
     ];
     if config.matrix.is_some() {
         upkeep.extend(crate::transport::matrix::start(&config, store.clone(), routing.clone()).await?);

@@ -1,4 +1,5 @@
-//! Node-level and agent endpoints: health, capabilities, the agent directory and `listen`.
+//! Node-level and agent endpoints: health, capabilities, the agent directory, `listen` and
+//! the agent binding.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -8,12 +9,13 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::Caller;
+use super::extract::{Caller, Fields, JsonBody};
 use super::intents::query_number;
 use super::streams::{self, StreamQuery};
 use crate::address::AgentAddress;
 
 const LISTEN_SUFFIX: &str = "/intents/stream";
+const BINDING_SUFFIX: &str = "/binding";
 
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"ok": true, "status": "ok", "version": env!("CARGO_PKG_VERSION"), "org": state.config().node.org}))
@@ -78,5 +80,20 @@ pub async fn get_or_listen(
     caller.require("address", &address)?;
     let agent =
         state.store().agent(address.as_str())?.ok_or_else(|| ApiError::not_found(format_args!("agent {address}")))?;
-    Ok(Json(json!({"ok": true, "agent": agent})).into_response())
+    let binding = state.store().binding(address.as_str())?;
+    let mut view = serde_json::to_value(agent).expect("agent records serialise");
+    view["binding"] = binding.as_ref().map_or(json!({"delivery_mode": "stream"}), super::deliveries::binding_view);
+    Ok(Json(json!({"ok": true, "agent": view})).into_response())
+}
+
+/// `POST /v1/agents/{address...}/binding`: how the agent receives its intents.
+pub async fn post_to_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let address = path.strip_suffix(BINDING_SUFFIX).ok_or_else(|| ApiError::not_found("route"))?;
+    let agent = AgentAddress::parse_lenient(address).map_err(|error| ApiError::invalid("address", error))?;
+    Ok(Json(super::deliveries::bind(&state, &caller, agent, Fields::new(body)).await?))
 }

@@ -5,13 +5,14 @@
 
 mod admin;
 mod agents;
+mod deliveries;
 mod error;
 mod extract;
 mod intents;
 mod limit;
 mod registry;
 mod streams;
-mod views;
+pub(crate) mod views;
 
 use std::sync::Arc;
 
@@ -93,7 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/intents/{id}/transition", post(intents::transition))
         .route("/v1/intents/{id}/transfer", post(intents::transfer))
         .route("/v1/agents", get(agents::list))
-        .route("/v1/agents/{*address}", get(agents::get_or_listen))
+        .route("/v1/agents/{*address}", get(agents::get_or_listen).post(agents::post_to_agent))
+        .route("/v1/deliveries", get(deliveries::list))
+        .route("/v1/deliveries/{id}", get(deliveries::get))
+        .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
         .route("/v1/registry", get(registry::show))
         .route("/v1/registry/resolve", get(registry::resolve))
         .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))

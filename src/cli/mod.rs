@@ -1,5 +1,6 @@
 //! Command tree of the `axp` binary and the dispatch to each family.
 
+mod agents;
 mod bench;
 mod intents;
 mod keys;
@@ -30,6 +31,10 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Send, inspect, follow and resolve intents.
     Intents(intents::IntentsArgs),
+    /// Agents and how they receive intents (stream, poll, signed http push, inbox).
+    Agents(agents::AgentsArgs),
+    /// Push deliveries to http-bound agents: list, show, replay dead letters.
+    Deliveries(agents::DeliveriesArgs),
     /// The node's Matrix account.
     #[command(subcommand)]
     Matrix(node::MatrixCommand),
@@ -66,6 +71,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(command) => node::run(command, cli.log_format),
         Command::Keys(args) => runtime()?.block_on(keys::run(args)),
         Command::Intents(args) => runtime()?.block_on(intents::run(args)),
+        Command::Agents(args) => runtime()?.block_on(agents::run_agents(args)),
+        Command::Deliveries(args) => runtime()?.block_on(agents::run_deliveries(args)),
         Command::Matrix(command) => node::matrix(command),
         Command::Registry(command) => registry::run(command),
         Command::Bench(command) => bench::run(command),

@@ -160,6 +160,23 @@ impl IntentRecord {
         Ok(self.event(EventType::entering(to), actor, at, details))
     }
 
+    /// Records an event that does not change the status (`intent.delivery_failed`,
+    /// `intent.reminder`, ...).
+    pub fn note(
+        &mut self,
+        event_type: EventType,
+        actor: Option<&str>,
+        details: Value,
+        at: &str,
+    ) -> Result<LifecycleEvent, LifecycleError> {
+        if self.status.is_terminal() {
+            return Err(LifecycleError::Terminal { status: self.status });
+        }
+        self.seq += 1;
+        self.updated_at = at.to_owned();
+        Ok(self.event(event_type, actor, at, details))
+    }
+
     /// Hands the intent to another handler (`intent.transfer`). The status stays; the new
     /// handler is offered the intent as if it had just arrived, until it acts on it.
     pub fn transfer(
@@ -285,7 +302,11 @@ impl IntentRecord {
         check_waiting_reason(event.status, event.waiting_reason)?;
         self.status = event.status;
         self.waiting_reason = event.waiting_reason;
-        self.handed_over = event.event_type == EventType::Transfer;
+        if event.event_type == EventType::Transfer {
+            self.handed_over = true;
+        } else if event.event_type == EventType::entering(event.status) {
+            self.handed_over = false;
+        }
         self.seq = event.seq;
         self.updated_at = event.at.clone();
         if let Some(handler) = &event.handler {

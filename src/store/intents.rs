@@ -160,7 +160,8 @@ impl Txn<'_> {
             self.put(feed_key(Feed::Open, handler, cursor), value);
         }
         self.notify_agent(handler);
-        self.register_agent(handler, record.updated_at())
+        self.register_agent(handler, record.updated_at())?;
+        self.deliver_if_bound(stored, crate::clock::now_unix_ms(), record.updated_at())
     }
 
     /// Takes the intent out of the open feed of `handler` and drops its lease.

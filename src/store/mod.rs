@@ -24,8 +24,13 @@
 //! | `Q/` | room id | the room's route |
 //! | `C/` | control request id | nothing: the peer's request was applied |
 //! | `m/` | name | node metadata and counters |
+//! | `ab/` | agent address | the agent's delivery binding |
+//! | `dv/` | delivery id | push delivery record |
+//! | `dq/` | due (unix ms BE), delivery id | nothing: schedule of pending deliveries |
+//! | `dl/` | delivery id | nothing: dead-letter index |
 
 mod agents;
+mod deliveries;
 mod idempotency;
 mod intents;
 mod keys;
@@ -41,6 +46,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use agents::AgentRecord;
+pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus};
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};

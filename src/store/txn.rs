@@ -15,6 +15,8 @@ pub struct CommitNotice {
     pub agents: BTreeSet<String>,
     /// The outbox has new entries.
     pub outbox: bool,
+    /// A push delivery was scheduled or changed.
+    pub deliveries: bool,
 }
 
 pub struct Txn<'a> {
@@ -80,6 +82,10 @@ impl<'a> Txn<'a> {
         self.job_notice.outbox = true;
     }
 
+    pub fn notify_deliveries(&mut self) {
+        self.job_notice.deliveries = true;
+    }
+
     pub fn notify_agent(&mut self, address: &str) {
         self.job_notice.agents.insert(address.to_owned());
     }
@@ -89,6 +95,7 @@ impl<'a> Txn<'a> {
         self.notice.intents.append(&mut self.job_notice.intents);
         self.notice.agents.append(&mut self.job_notice.agents);
         self.notice.outbox |= self.job_notice.outbox;
+        self.notice.deliveries |= self.job_notice.deliveries;
     }
 
     pub(super) fn discard_job(&mut self) {
