@@ -212,3 +212,34 @@ async fn send_many(api: &common::Api, count: usize) -> Vec<String> {
     }
     ids
 }
+
+#[tokio::test]
+async fn listen_offers_an_unacknowledged_hand_out_again_after_the_visibility_timeout() {
+    let node = TestNode::start_with(|config| {
+        *config = config.replace("poll_lease_seconds = 30", "poll_lease_seconds = 1");
+    });
+    let api = node.admin();
+    let ignored = api.send(FROM, WORKER).await;
+    let acknowledged = api.send(FROM, WORKER).await;
+    let listen = format!("/v1/agents/{WORKER}/intents/stream?since=0&wait_seconds=4");
+    let reader = {
+        let api = node.admin();
+        let listen = listen.clone();
+        tokio::spawn(async move { api.frames(&listen).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) =
+        api.post(&format!("/v1/intents/{acknowledged}/transition"), json!({"status": "ACKNOWLEDGED"})).await;
+    assert_eq!(status, 200);
+    let frames = reader.await.unwrap();
+    let offers = |id: &str| frames.iter().filter(|(_, data)| data["intent_id"] == id).count();
+    assert!(offers(&ignored) >= 2, "the ignored intent is offered again: {frames:?}");
+    assert_eq!(offers(&acknowledged), 1, "an acknowledged one is not: {frames:?}");
+
+    // A new connection that starts after both cursors still gets the expired hand-out.
+    let cursor = frames.iter().filter_map(|(_, data)| data["seq"].as_u64()).max().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = api.frames(&format!("/v1/agents/{WORKER}/intents/stream?since={cursor}&wait_seconds=1")).await;
+    assert!(again.iter().any(|(_, data)| data["intent_id"] == ignored.as_str()), "{again:?}");
+    assert!(!again.iter().any(|(_, data)| data["intent_id"] == acknowledged.as_str()), "{again:?}");
+}

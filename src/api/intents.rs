@@ -832,15 +832,18 @@ fn record_delivery(stored: &mut StoredIntent, binding: &'static str) -> ApiResul
     Ok(vec![event])
 }
 
-/// Records the hand-out of several intents through `binding` in one write and returns them as
-/// they now stand, in the order given (an intent that vanished is left out).
+/// Records the hand-out of several intents through `binding` in one write, leasing each for
+/// the visibility timeout, and returns them as they now stand, in the order given (an intent
+/// that vanished is left out).
 pub(super) async fn deliver(state: &AppState, ids: Vec<Uuid>, binding: &'static str) -> ApiResult<Vec<StoredIntent>> {
+    let lease_until = now_unix_ms() + state.config().limits.poll_lease_seconds * 1000;
     state
         .store()
         .write(move |txn| {
             let mut delivered = Vec::with_capacity(ids.len());
             for id in ids {
                 let Some(mut stored) = txn.intent(id)? else { continue };
+                txn.set_lease(id, lease_until);
                 let events = record_delivery(&mut stored, binding)?;
                 if !events.is_empty() {
                     txn.update_intent(&stored, &events)?;

@@ -23,7 +23,7 @@ use super::intents::{deliver, parse_statuses, query_number};
 use super::views;
 use crate::address::AgentAddress;
 use crate::intent::Status;
-use crate::store::{CommitNotice, Feed, Store};
+use crate::store::{CommitNotice, Feed, Store, StoredIntent};
 
 const DEFAULT_WAIT_SECONDS: u64 = 15;
 const MAX_WAIT_SECONDS: u64 = 60;
@@ -75,22 +75,35 @@ impl Waiting {
     /// Waits until a notice that `relevant` accepts arrives (or notices were lost). Returns false
     /// at the deadline, when the node begins to stop, or when the store closed.
     async fn for_news(&mut self, relevant: impl Fn(&CommitNotice) -> bool) -> bool {
+        self.for_news_or(relevant, self.deadline).await == Woken::News
+    }
+
+    /// [`Waiting::for_news`], or `Woken::Timer` at `timer` if that comes first.
+    async fn for_news_or(&mut self, relevant: impl Fn(&CommitNotice) -> bool, timer: Instant) -> Woken {
         loop {
             if *self.stopping.borrow() {
-                return false;
+                return Woken::Done;
             }
             tokio::select! {
-                _ = sleep_until(self.deadline) => return false,
-                _ = self.stopping.changed() => return false,
+                _ = sleep_until(self.deadline) => return Woken::Done,
+                _ = sleep_until(timer), if timer < self.deadline => return Woken::Timer,
+                _ = self.stopping.changed() => return Woken::Done,
                 received = self.notices.recv() => match received {
-                    Ok(notice) if relevant(&notice) => return true,
+                    Ok(notice) if relevant(&notice) => return Woken::News,
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Woken::News,
+                    Err(broadcast::error::RecvError::Closed) => return Woken::Done,
                 },
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    News,
+    Timer,
+    Done,
 }
 
 pub async fn intent_events(
@@ -156,6 +169,65 @@ async fn pump_intent_events(
     Ok(())
 }
 
+/// Intents of the agent at or before `cursor` that wait for pickup and whose hand-out lease ran
+/// out.
+fn expired_hand_outs(state: &AppState, agent: &AgentAddress, cursor: u64) -> ApiResult<Vec<(u64, StoredIntent)>> {
+    let now_ms = crate::clock::now_unix_ms();
+    let mut expired = Vec::new();
+    let mut after = 0;
+    loop {
+        let entries = state.store().feed(Feed::Open, agent.as_str(), after, PAGE)?;
+        for entry in &entries {
+            after = entry.cursor;
+            if entry.cursor > cursor {
+                return Ok(expired);
+            }
+            if state.store().lease(entry.intent_id)?.is_some_and(|until| until <= now_ms)
+                && let Some(stored) = state.store().intent(entry.intent_id)?
+                && stored.record.awaits_pickup()
+            {
+                expired.push((entry.cursor, stored));
+            }
+        }
+        if entries.len() < PAGE {
+            return Ok(expired);
+        }
+    }
+}
+
+/// Records the hand-out of the intents in `page` that wait for pickup (one write: the first
+/// one's `intent.delivered`, and a lease for each), then sends every frame. False when the
+/// client went away.
+async fn hand_out(
+    state: &AppState,
+    page: &mut [(u64, StoredIntent)],
+    frames: &mpsc::Sender<Result<Event, Infallible>>,
+) -> ApiResult<bool> {
+    let waiting: Vec<Uuid> = page
+        .iter()
+        .filter(|(_, stored)| stored.record.awaits_pickup())
+        .filter_map(|(_, stored)| Uuid::parse_str(&stored.record.intent_id).ok())
+        .collect();
+    if !waiting.is_empty() {
+        let mut handed = deliver(state, waiting, "stream").await?.into_iter();
+        for (_, stored) in page.iter_mut().filter(|(_, stored)| stored.record.awaits_pickup()) {
+            if let Some(now) = handed.next() {
+                *stored = now;
+            }
+        }
+    }
+    for (cursor, stored) in page.iter() {
+        let frame = Event::default()
+            .id(cursor.to_string())
+            .event(views::frame_name(stored.record.status()))
+            .data(views::delivery(stored).to_string());
+        if frames.send(Ok(frame)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub async fn listen(state: AppState, caller: Caller, agent: AgentAddress, query: StreamQuery) -> ApiResult<SseStream> {
     caller.require("address", &agent)?;
     let since = query.since()?;
@@ -186,7 +258,9 @@ async fn pump_listen(
     } else {
         Feed::Open
     };
+    let visibility = Duration::from_secs(state.config().limits.poll_lease_seconds);
     let mut last = since;
+    let mut next_recheck = Instant::now();
     loop {
         let entries = state.store().feed(feed, agent.as_str(), last, PAGE)?;
         let mut page = Vec::with_capacity(entries.len());
@@ -198,33 +272,20 @@ async fn pump_listen(
                 page.push((entry.cursor, stored));
             }
         }
-        // First hand-outs of the whole page are recorded in one write.
-        let fresh: Vec<Uuid> = page
-            .iter()
-            .filter(|(_, stored)| stored.record.status() == Status::Submitted)
-            .filter_map(|(_, stored)| Uuid::parse_str(&stored.record.intent_id).ok())
-            .collect();
-        if !fresh.is_empty() {
-            let mut delivered = deliver(state, fresh, "stream").await?.into_iter();
-            for (_, stored) in page.iter_mut().filter(|(_, stored)| stored.record.status() == Status::Submitted) {
-                if let Some(now) = delivered.next() {
-                    *stored = now;
-                }
-            }
+        if Instant::now() >= next_recheck {
+            // Hand-outs nobody acknowledged within the visibility timeout are offered again,
+            // here or to whichever stream of the agent looks first.
+            page.extend(expired_hand_outs(state, agent, last)?);
+            next_recheck = Instant::now() + visibility / 2;
         }
-        for (cursor, stored) in &page {
-            let frame = Event::default()
-                .id(cursor.to_string())
-                .event(views::frame_name(stored.record.status()))
-                .data(views::delivery(stored).to_string());
-            if frames.send(Ok(frame)).await.is_err() {
-                return Ok(());
-            }
+        if !hand_out(state, &mut page, frames).await? {
+            return Ok(());
         }
         if entries.len() == PAGE {
             continue;
         }
-        if !waiting.for_news(|notice| notice.agents.contains(agent.as_str())).await {
+        let relevant = |notice: &CommitNotice| notice.agents.contains(agent.as_str());
+        if waiting.for_news_or(relevant, next_recheck).await == Woken::Done {
             break;
         }
     }
