@@ -237,3 +237,88 @@ async fn the_cli_binds_an_agent_and_lists_its_deliveries() {
     let rebound = axp(&["agents", "bind", AGENT, "--poll"]);
     assert!(rebound.contains("poll"), "{rebound}");
 }
+
+#[tokio::test]
+async fn published_events_reach_matching_subscriptions_signed_with_counters_and_replay() {
+    let receiver = Receiver::start().await;
+    let node = node(100, 2);
+    let owner = "agent://acme/ops/owner";
+    let api = node.api(&node.key_for(&[owner]).await);
+    let other = node.api(&node.key_for(&["agent://acme/ops/someone"]).await);
+
+    let subscription = json!({"callback_url": receiver.url, "event_types": ["inbox.thread_created"], "secret": SECRET});
+    let (status, created) = api.post("/v1/webhooks/subscriptions", subscription.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    let subscription_id = created["subscription"]["subscription_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["subscription"]["owner_agent"], owner);
+    assert!(created["subscription"].get("secret").is_none(), "a given secret is not echoed");
+    let mut updated = subscription.clone();
+    updated["event_types"] = json!(["inbox.thread_created", "inbox.reply_received"]);
+    let (_, again) = api.post("/v1/webhooks/subscriptions", updated).await;
+    assert_eq!(again["subscription"]["subscription_id"], subscription_id.as_str(), "upsert by callback URL");
+
+    let bad = [
+        (json!({"callback_url": receiver.url, "event_types": ["intent.nope"]}), "invalid_field"),
+        (json!({"callback_url": receiver.url, "event_types": []}), "invalid_field"),
+        (
+            json!({"callback_url": receiver.url, "event_types": ["inbox.thread_created"], "secret": "short"}),
+            "invalid_field",
+        ),
+        (json!({"event_types": ["inbox.thread_created"]}), "invalid_field"),
+    ];
+    for (body, code) in bad {
+        let (status, answer) = api.post("/v1/webhooks/subscriptions", body.clone()).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (422, Some(code)), "{body}: {answer}");
+    }
+
+    let event = json!({"event_type": "inbox.reply_received", "source": "tests", "payload": {"thread_id": "t-1"}});
+    let (status, published) = api.post("/v1/webhooks/events", event).await;
+    assert_eq!(status, 200, "{published}");
+    assert_eq!((published["queued_deliveries"].as_u64(), published["pending"].as_u64()), (Some(1), Some(1)));
+    let event_id = published["event_id"].as_str().unwrap().to_owned();
+    let request = receiver.wait_for(1, LIMIT).await.remove(0);
+    check_signature(&request);
+    assert_eq!(request.headers["x-axp-event-id"], event_id);
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(
+        (body["type"].as_str(), body["payload"]["thread_id"].as_str()),
+        (Some("inbox.reply_received"), Some("t-1"))
+    );
+    let counters = eventually("the delivery counted", LIMIT, async || {
+        let (_, counters) = api.get(&format!("/v1/webhooks/events/{event_id}")).await;
+        (counters["delivered"] == 1).then_some(counters)
+    })
+    .await;
+    assert_eq!((counters["pending"].as_u64(), counters["processed_deliveries"].as_u64()), (Some(0), Some(1)));
+
+    // An event type nobody subscribed to goes nowhere; another owner sees none of it.
+    let (_, unmatched) = api
+        .post("/v1/webhooks/events", json!({"event_type": "invite.accepted", "source": "tests", "payload": {}}))
+        .await;
+    assert_eq!(unmatched["queued_deliveries"], 0);
+    let (status, _) = other.get(&format!("/v1/webhooks/events/{event_id}")).await;
+    assert_eq!(status, 404);
+    let (_, listed) = other.get("/v1/webhooks/subscriptions").await;
+    assert_eq!(listed["subscriptions"], json!([]));
+
+    // A failing receiver dead-letters the event's delivery; replay delivers it again.
+    receiver.script(&[Reply::Status(500), Reply::Status(500)]);
+    let (status, replayed) = api.post(&format!("/v1/webhooks/events/{event_id}/replay"), json!({})).await;
+    assert_eq!((status, replayed["queued_deliveries"].as_u64()), (200, Some(2)), "{replayed}");
+    let counters = eventually("the dead letter", LIMIT, async || {
+        let (_, counters) = api.get(&format!("/v1/webhooks/events/{event_id}")).await;
+        (counters["dead_lettered"] == 1).then_some(counters)
+    })
+    .await;
+    assert!(counters["replayed_at"].is_string());
+    let (_, replayed) = api.post(&format!("/v1/webhooks/events/{event_id}/replay"), json!({})).await;
+    assert_eq!(replayed["queued_deliveries"], 3);
+    receiver.wait_for(4, LIMIT).await;
+
+    let (status, deleted) = api.delete(&format!("/v1/webhooks/subscriptions/{subscription_id}")).await;
+    assert_eq!(status, 200, "{deleted}");
+    let (_, listed) = api.get("/v1/webhooks/subscriptions").await;
+    assert_eq!(listed["subscriptions"], json!([]));
+    let (_, all) = api.get("/v1/webhooks/subscriptions?include_inactive=true").await;
+    assert!(all["subscriptions"][0]["revoked_at"].is_string(), "{all}");
+}

@@ -13,6 +13,7 @@ mod limit;
 mod registry;
 mod streams;
 pub(crate) mod views;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tracing::Instrument;
 
 pub use error::{ApiError, ApiResult};
@@ -98,6 +99,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
+        .route("/v1/webhooks/subscriptions", post(webhooks::upsert_subscription).get(webhooks::list_subscriptions))
+        .route("/v1/webhooks/subscriptions/{id}", delete(webhooks::delete_subscription))
+        .route("/v1/webhooks/events", post(webhooks::publish))
+        .route("/v1/webhooks/events/{id}", get(webhooks::get_event))
+        .route("/v1/webhooks/events/{id}/replay", post(webhooks::replay))
         .route("/v1/registry", get(registry::show))
         .route("/v1/registry/resolve", get(registry::resolve))
         .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))

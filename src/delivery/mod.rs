@@ -22,6 +22,7 @@ pub const SIGNATURE_HEADER: &str = "x-axp-signature";
 pub const TIMESTAMP_HEADER: &str = "x-axp-timestamp";
 pub const DELIVERY_ID_HEADER: &str = "x-axp-delivery-id";
 pub const INTENT_ID_HEADER: &str = "x-axp-intent-id";
+pub const EVENT_ID_HEADER: &str = "x-axp-event-id";
 
 /// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {

@@ -1,5 +1,5 @@
 //! The I/O shell of push delivery: picks due deliveries from the store, POSTs them signed to
-//! the agent's callback URL, and records each outcome in one write together with what it
+//! the agent's callback URL (or a webhook subscription's), and records each outcome in one write together with what it
 //! means for the intent (`intent.delivered`, `intent.delivery_failed`, and after the last
 //! attempt the dead letter and `intent.failed`).
 //!
@@ -15,12 +15,13 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::{
-    DELIVERY_ID_HEADER, INTENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, backoff, check_ip, check_target, sign,
+    DELIVERY_ID_HEADER, EVENT_ID_HEADER, INTENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, backoff, check_ip,
+    check_target, sign,
 };
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::config::DeliverySection;
 use crate::intent::{EventType, ResolveOutcome, Status};
-use crate::store::{Delivery, DeliveryMode, DeliveryStatus, Store, StoreError};
+use crate::store::{Delivery, DeliveryMode, DeliveryStatus, Store, StoreError, Subject};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +144,72 @@ async fn attempt(store: Store, client: reqwest::Client, config: DeliverySection,
     }
 }
 
+/// What an attempt sends, once the subject was found still worth delivering.
+struct Request {
+    body: serde_json::Value,
+    secret: String,
+    timeout: Duration,
+    /// `X-AXP-Intent-Id` or `X-AXP-Event-Id`.
+    subject_header: (&'static str, String),
+}
+
+/// Reads what to send for a delivery, or why there is nothing to send any more.
+fn prepare(
+    store: &Store,
+    config: &DeliverySection,
+    delivery: &Delivery,
+) -> Result<Result<Request, Outcome>, StoreError> {
+    let obsolete = |reason: String| Ok(Err(Outcome::Obsolete { reason }));
+    let envelope =
+        |kind: &str| json!({"type": kind, "delivery_id": delivery.delivery_id, "attempt": delivery.attempts + 1});
+    match &delivery.subject {
+        Subject::Intent { intent_id } => {
+            let id = uuid::Uuid::parse_str(intent_id).map_err(|_| StoreError::Corrupt("intent id".into()))?;
+            let Some(stored) = store.intent(id)? else { return obsolete("the intent is gone".into()) };
+            // A replayed delivery goes out even for an intent that has ended (often because of it).
+            if stored.record.status().is_terminal() && delivery.replays == 0 {
+                return obsolete(format!("the intent is already {}", stored.record.status()));
+            }
+            let binding = store.binding(&delivery.agent)?.filter(|binding| binding.mode == DeliveryMode::Http);
+            let Some(binding) = binding else {
+                return obsolete(format!("{} is no longer bound to http", delivery.agent));
+            };
+            let mut body = envelope("intent.delivery");
+            body["intent"] = crate::api::views::intent(&stored);
+            Ok(Ok(Request {
+                body,
+                secret: binding.secret.unwrap_or_default(),
+                timeout: Duration::from_secs(binding.timeout_seconds.unwrap_or(config.timeout_seconds)),
+                subject_header: (INTENT_ID_HEADER, intent_id.clone()),
+            }))
+        }
+        Subject::Event { event_id, subscription_id } => {
+            let Some(event) = store.webhook_event(event_id)? else { return obsolete("the event is gone".into()) };
+            let subscription =
+                store.subscription(subscription_id)?.filter(|subscription| subscription.wants(&event.event_type));
+            let Some(subscription) = subscription else {
+                return obsolete(format!("subscription {subscription_id} no longer wants {}", event.event_type));
+            };
+            let mut body = envelope(&event.event_type);
+            for (name, value) in [
+                ("event_id", json!(event.event_id)),
+                ("owner_agent", json!(event.owner_agent)),
+                ("source", json!(event.source)),
+                ("accepted_at", json!(event.accepted_at)),
+                ("payload", event.payload),
+            ] {
+                body[name] = value;
+            }
+            Ok(Ok(Request {
+                body,
+                secret: subscription.secret,
+                timeout: Duration::from_secs(config.timeout_seconds),
+                subject_header: (EVENT_ID_HEADER, event_id.clone()),
+            }))
+        }
+    }
+}
+
 /// Makes one attempt, if there is still something to deliver.
 async fn call(
     store: &Store,
@@ -151,17 +218,9 @@ async fn call(
     id: &str,
 ) -> Result<Outcome, StoreError> {
     let Some(delivery) = store.delivery(id)? else { return Ok(Outcome::Obsolete { reason: "gone".into() }) };
-    let intent_id = uuid::Uuid::parse_str(&delivery.intent_id).map_err(|_| StoreError::Corrupt("intent id".into()))?;
-    let Some(stored) = store.intent(intent_id)? else {
-        return Ok(Outcome::Obsolete { reason: "the intent is gone".into() });
-    };
-    // A replayed delivery goes out even for an intent that has ended (often because of it).
-    if stored.record.status().is_terminal() && delivery.replays == 0 {
-        return Ok(Outcome::Obsolete { reason: format!("the intent is already {}", stored.record.status()) });
-    }
-    let binding = store.binding(&delivery.agent)?;
-    let Some(binding) = binding.filter(|binding| binding.mode == DeliveryMode::Http) else {
-        return Ok(Outcome::Obsolete { reason: format!("{} is no longer bound to http", delivery.agent) });
+    let request = match prepare(store, config, &delivery)? {
+        Ok(request) => request,
+        Err(outcome) => return Ok(outcome),
     };
     let url = match url::Url::parse(&delivery.callback_url) {
         Ok(url) => url,
@@ -170,24 +229,17 @@ async fn call(
     if let Err(refusal) = check_target(&url, config.allow_private_targets) {
         return Ok(Outcome::Failed { error: refusal.to_string() });
     }
-    let body = json!({
-        "type": "intent.delivery",
-        "delivery_id": delivery.delivery_id,
-        "attempt": delivery.attempts + 1,
-        "intent": crate::api::views::intent(&stored),
-    });
-    let body = serde_json::to_vec(&body).expect("JSON values serialise");
+    let body = serde_json::to_vec(&request.body).expect("JSON values serialise");
     let timestamp = now_unix_ms() / 1000;
-    let secret = binding.secret.unwrap_or_default();
-    let timeout = Duration::from_secs(binding.timeout_seconds.unwrap_or(config.timeout_seconds));
+    let timeout = request.timeout;
     let sent = client
         .post(url)
         .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(DELIVERY_ID_HEADER, &delivery.delivery_id)
-        .header(INTENT_ID_HEADER, &delivery.intent_id)
+        .header(request.subject_header.0, request.subject_header.1)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
-        .header(SIGNATURE_HEADER, sign(secret.as_bytes(), timestamp, &body))
+        .header(SIGNATURE_HEADER, sign(request.secret.as_bytes(), timestamp, &body))
         .body(body)
         .send()
         .await;
@@ -227,9 +279,13 @@ async fn record(store: &Store, config: &DeliverySection, id: String, outcome: Ou
             }
             let at = now_rfc3339();
             delivery.updated_at = at.clone();
-            let intent_id =
-                uuid::Uuid::parse_str(&delivery.intent_id).map_err(|_| StoreError::Corrupt("intent id".into()))?;
-            let mut stored = txn.intent(intent_id)?;
+            let mut stored = match &delivery.subject {
+                Subject::Intent { intent_id } => {
+                    let id = uuid::Uuid::parse_str(intent_id).map_err(|_| StoreError::Corrupt("intent id".into()))?;
+                    txn.intent(id)?
+                }
+                Subject::Event { .. } => None,
+            };
             let actor = Some("node:http");
             let mut events = Vec::new();
             match outcome {

@@ -41,7 +41,7 @@ pub struct AgentBinding {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Waiting for its next attempt.
@@ -74,10 +74,22 @@ impl std::str::FromStr for DeliveryStatus {
     }
 }
 
+/// What a delivery carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subject {
+    /// An intent, to its `http`-bound handler.
+    Intent { intent_id: String },
+    /// A published webhook event, to one subscription.
+    Event { event_id: String, subscription_id: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub delivery_id: String,
-    pub intent_id: String,
+    #[serde(flatten)]
+    pub subject: Subject,
+    /// Whose delivery it is: the intent's handler, or the subscription's owner.
     pub agent: String,
     pub callback_url: String,
     pub status: DeliveryStatus,
@@ -133,24 +145,42 @@ impl Txn<'_> {
             return Ok(());
         }
         let max_attempts = record.options.get("max_delivery_attempts").and_then(|value| value.as_u64());
-        self.put_delivery(&Delivery {
-            delivery_id: Uuid::now_v7().to_string(),
-            intent_id: record.intent_id.clone(),
-            agent: record.handler().to_owned(),
-            callback_url,
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            replays: 0,
-            max_attempts: max_attempts.map(|max| max.min(u64::from(u32::MAX)) as u32),
-            next_attempt_at_ms: Some(now_ms),
-            last_error: None,
-            created_at: at.to_owned(),
-            updated_at: at.to_owned(),
-        })
+        let subject = Subject::Intent { intent_id: record.intent_id.clone() };
+        let max_attempts = max_attempts.map(|max| max.min(u64::from(u32::MAX)) as u32);
+        self.start_delivery(subject, record.handler(), &callback_url, max_attempts, now_ms, at)?;
+        Ok(())
     }
 
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
         self.get_json(&delivery_key(parse(id)?))
+    }
+
+    /// A new delivery of `subject` for `agent` to `callback_url`, due now.
+    pub fn start_delivery(
+        &mut self,
+        subject: Subject,
+        agent: &str,
+        callback_url: &str,
+        max_attempts: Option<u32>,
+        now_ms: u64,
+        at: &str,
+    ) -> Result<String, StoreError> {
+        let delivery_id = Uuid::now_v7().to_string();
+        self.put_delivery(&Delivery {
+            delivery_id: delivery_id.clone(),
+            subject,
+            agent: agent.to_owned(),
+            callback_url: callback_url.to_owned(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            replays: 0,
+            max_attempts,
+            next_attempt_at_ms: Some(now_ms),
+            last_error: None,
+            created_at: at.to_owned(),
+            updated_at: at.to_owned(),
+        })?;
+        Ok(delivery_id)
     }
 
     /// Stores a delivery and keeps its schedule and dead-letter entries in step with it.

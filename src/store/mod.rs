@@ -28,6 +28,9 @@
 //! | `dv/` | delivery id | push delivery record |
 //! | `dq/` | due (unix ms BE), delivery id | nothing: schedule of pending deliveries |
 //! | `dl/` | delivery id | nothing: dead-letter index |
+//! | `ws/` | subscription id | webhook subscription |
+//! | `wo/` | owner address, 0, subscription id | nothing: an owner's subscriptions |
+//! | `we/` | event id | published webhook event |
 
 mod agents;
 mod deliveries;
@@ -37,6 +40,7 @@ mod keys;
 mod outbox;
 mod registry;
 mod txn;
+mod webhooks;
 mod writer;
 
 use std::path::Path;
@@ -46,11 +50,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use agents::AgentRecord;
-pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus};
+pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus, Subject};
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use txn::{CommitNotice, Txn};
+pub use webhooks::{Subscription, WebhookEvent};
 use writer::Job;
 
 /// How many jobs one commit may carry. Bounds the latency of the first job in a batch.

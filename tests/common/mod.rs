@@ -172,6 +172,11 @@ impl Api {
         decode(response).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        decode(self.http.delete(format!("{}{path}", self.url)).header("x-api-key", &self.key).send().await.unwrap())
+            .await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_keyed(path, body, None).await
     }
