@@ -78,7 +78,10 @@ class Org:
     """One organisation's node as the demo sees it."""
 
     def __init__(self, name: str, state: dict):
-        node = state["nodes"][name]
+        node = state["nodes"].get(name)
+        if node is None:
+            orgs = ", ".join(state["orgs"])
+            raise DemoError(f"the kit has no {name} (its orgs: {orgs}); the demo needs acme and globex")
         self.name = name
         self.url = node["url"]
         self.admin_key = node["admin_key"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The AXP federation kit: two orgs (acme, globex), each with its own Synapse homeserver and AXP
-node, federating over Matrix on loopback, plus a signed two-org registry.
+"""The AXP federation kit: two orgs (acme, globex; `up --orgs acme,globex,initech` adds a third),
+each with its own Synapse homeserver and AXP node, federating over Matrix on loopback, plus a
+signed registry of exactly those orgs.
 
 Run it through the wrappers next to this file (federation/up, down, start-homeserver, ...), which
 pick the interpreter: commands that generate or start a homeserver need the kit's venv
@@ -36,13 +37,17 @@ REPO = Path(__file__).resolve().parent.parent
 KIT_DIR = REPO / "federation"
 TEMPLATES = KIT_DIR / "templates"
 DEFAULT_DIR = REPO / ".federation"
-ORGS = ("acme", "globex")
+# The orgs a kit can run (those of `axp registry init-demo`), in port order: an org's ports do not
+# depend on which other orgs the kit runs.
+KNOWN_ORGS = ("acme", "globex", "initech")
+DEFAULT_ORGS = ("acme", "globex")
 # Without --base-port: the ports of the demo registry (`axp registry init-demo`).
 DEFAULT_PORTS = {
     "acme": {"client": 8008, "federation": 8481, "node": 7401},
     "globex": {"client": 8009, "federation": 8482, "node": 7402},
+    "initech": {"client": 8010, "federation": 8483, "node": 7403},
 }
-KIT_FILE = "kit.json"  # marks a kit dir; pins its ports (server names cannot change later)
+KIT_FILE = "kit.json"  # marks a kit dir; pins its orgs and ports (server names cannot change later)
 STATE_FILE = "federation.json"
 ADMIN_LOCALPART = "kit-admin"
 ADMIN_DEVICE = "KITADMIN"
@@ -82,14 +87,32 @@ def venv_python() -> Path:
     return python
 
 
-def ports_for(base_port: int | None) -> dict[str, dict[str, int]]:
+def parse_orgs(value: str) -> tuple[str, ...]:
+    """`--orgs acme,globex,initech`: known orgs, at least two, no repeats; returned in KNOWN_ORGS
+    order so that the same set always reads the same."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in KNOWN_ORGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown org {unknown[0]!r} (known: {', '.join(KNOWN_ORGS)})")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"an org is named twice in {value!r}")
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"a federation kit needs at least two orgs, got {value!r}")
+    return tuple(org for org in KNOWN_ORGS if org in names)
+
+
+def ports_for(base_port: int | None, orgs: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Ports of the kit's orgs; with a base port N, org number i of KNOWN_ORGS gets client N+i,
+    federation N+10+i, node N+20+i."""
     if base_port is None:
-        return {org: dict(ports) for org, ports in DEFAULT_PORTS.items()}
-    if not 1024 <= base_port <= 65535 - 21:
-        die(f"--base-port {base_port} is out of range (1024..{65535 - 21})")
+        return {org: dict(DEFAULT_PORTS[org]) for org in orgs}
+    top = 20 + max(KNOWN_ORGS.index(org) for org in orgs)
+    if not 1024 <= base_port <= 65535 - top:
+        die(f"--base-port {base_port} is out of range (1024..{65535 - top})")
     return {
         org: {"client": base_port + i, "federation": base_port + 10 + i, "node": base_port + 20 + i}
-        for i, org in enumerate(ORGS)
+        for i, org in enumerate(KNOWN_ORGS)
+        if org in orgs
     }
 
 
@@ -261,7 +284,9 @@ def stop_processes(targets: list[tuple[str, Path, str]], sig: int = signal.SIGTE
 
 
 class Kit:
-    def __init__(self, root: Path, base_port: int | None = None, create: bool = False):
+    def __init__(
+        self, root: Path, base_port: int | None = None, orgs: tuple[str, ...] | None = None, create: bool = False
+    ):
         self.root = root.resolve()
         meta_path = self.root / KIT_FILE
         meta = read_json(meta_path)
@@ -270,17 +295,31 @@ class Kit:
                 die(f"{self.root} is not a federation kit dir (no {KIT_FILE}); run federation/up first")
             if self.root.exists() and any(self.root.iterdir()):
                 die(f"{self.root} exists, is not empty and is not a kit dir (no {KIT_FILE}); pick another --dir")
+            orgs = orgs or DEFAULT_ORGS
+            ports = ports_for(base_port, orgs)
             self.root.mkdir(parents=True, exist_ok=True)
-            meta = {"kit": "axp-federation", "version": 1, "base_port": base_port, "ports": ports_for(base_port)}
+            meta = {"kit": "axp-federation", "version": 1, "base_port": base_port, "orgs": list(orgs), "ports": ports}
             write_json(meta_path, meta)
         elif base_port is not None and meta.get("base_port") != base_port:
             die(
                 f"{self.root} was created with --base-port {meta.get('base_port')}; its server names pin the "
                 f"ports, so it cannot move to --base-port {base_port} (use another --dir, or down --wipe)"
             )
+        # A kit dir from before --orgs has no "orgs": it runs the two default orgs.
+        pinned = tuple(meta.get("orgs", DEFAULT_ORGS))
+        if orgs is not None and orgs != pinned:
+            die(
+                f"{self.root} was created with --orgs {','.join(pinned)}; its registry and homeservers are for "
+                f"those orgs, so it cannot run --orgs {','.join(orgs)} (omit --orgs, use another --dir, or down --wipe)"
+            )
         self.meta = meta
+        self.orgs: tuple[str, ...] = pinned
         self.ports: dict[str, dict[str, int]] = meta["ports"]
         self._lock = None
+
+    def check_org(self, org: str) -> None:
+        if org not in self.orgs:
+            die(f"{org} is not one of this kit's orgs ({', '.join(self.orgs)}); the kit in {self.root} has no {org}")
 
     def lock(self) -> Kit:
         """Serialises the commands that change the kit dir (up, down, start-/stop-...)."""
@@ -729,9 +768,12 @@ def ensure_registry(kit: Kit, logins: dict[str, dict | None]) -> None:
     if not (reg / "root.json").exists():
         if keys.exists() and any(keys.iterdir()):
             die(f"{keys} holds keys but {reg}/root.json is missing; reset the kit (federation/down --wipe)")
-        run_axp(["registry", "init-demo", "--dir", str(reg), "--keys-dir", str(keys)], "registry init-demo")
-        say(f"registry created in {reg} (keys in {keys})")
-    for org in ORGS:
+        argv = ["registry", "init-demo", "--dir", str(reg), "--keys-dir", str(keys)]
+        if kit.orgs != DEFAULT_ORGS:  # init-demo's default; an axp from before --orgs still works
+            argv += ["--orgs", ",".join(kit.orgs)]
+        run_axp(argv, "registry init-demo")
+        say(f"registry created in {reg} (keys in {keys}) for {', '.join(kit.orgs)}")
+    for org in kit.orgs:
         path = reg / "orgs" / f"{org}.json"
         record = read_json(path)
         if record is None:
@@ -807,7 +849,7 @@ def start_nodes(kit: Kit, orgs) -> None:
 
 def describe(kit: Kit) -> dict:
     homeservers, nodes = {}, {}
-    for org in ORGS:
+    for org in kit.orgs:
         accounts = read_json(kit.accounts_file(org), {})
         admin = accounts.get("admin") or {}
         observer = accounts.get("observer") or {}
@@ -850,8 +892,8 @@ def describe(kit: Kit) -> dict:
         "version": 1,
         "dir": str(kit.root),
         "base_port": kit.meta.get("base_port"),
-        "orgs": list(ORGS),
-        "matrix_login": "done" if all(nodes[org]["device_id"] for org in ORGS) else "skipped",
+        "orgs": list(kit.orgs),
+        "matrix_login": "done" if all(nodes[org]["device_id"] for org in kit.orgs) else "skipped",
         "registry_dir": str(kit.registry_dir),
         "registry_keys_dir": str(kit.registry_keys_dir),
         "homeservers": homeservers,
@@ -894,23 +936,23 @@ def summary(state: dict) -> str:
 
 
 def cmd_up(args) -> None:
-    kit = Kit(args.dir, args.base_port, create=True).lock()
-    say(f"kit dir {kit.root}")
+    kit = Kit(args.dir, args.base_port, args.orgs, create=True).lock()
+    say(f"kit dir {kit.root} (orgs {', '.join(kit.orgs)})")
     venv_python()
-    start_homeservers(kit, ORGS)
-    for org in ORGS:
+    start_homeservers(kit, kit.orgs)
+    for org in kit.orgs:
         ensure_node_dir(kit, org)
         ensure_accounts(kit, org)
     say("accounts ready (admin, node account without rate limits, observer)")
-    with concurrent.futures.ThreadPoolExecutor(len(ORGS)) as pool:
-        logins = dict(zip(ORGS, pool.map(lambda org: matrix_login(kit, org), ORGS)))
+    with concurrent.futures.ThreadPoolExecutor(len(kit.orgs)) as pool:
+        logins = dict(zip(kit.orgs, pool.map(lambda org: matrix_login(kit, org), kit.orgs)))
     if not skip_login():
         for org, login in logins.items():
             say(f"{org}: matrix device {login['device_id']} key {login['ed25519_key']}")
     ensure_registry(kit, logins)
     say(f"registry verified ({kit.registry_dir})")
     if not args.no_nodes:
-        start_nodes(kit, ORGS)
+        start_nodes(kit, kit.orgs)
     state = write_state(kit)
     print(summary(state))
     say("up: done")
@@ -922,8 +964,8 @@ def cmd_down(args) -> None:
         say(f"{root} does not exist; nothing to stop")
         return
     kit = Kit(root).lock()
-    stop_processes([(f"{org} node", kit.node_pid_file(org), str(kit.node_config(org))) for org in ORGS])
-    stop_processes([(f"{org} homeserver", kit.hs_pid_file(org), str(kit.hs_config(org))) for org in ORGS])
+    stop_processes([(f"{org} node", kit.node_pid_file(org), str(kit.node_config(org))) for org in kit.orgs])
+    stop_processes([(f"{org} homeserver", kit.hs_pid_file(org), str(kit.hs_config(org))) for org in kit.orgs])
     if args.wipe:
         shutil.rmtree(root)
         say(f"removed {root}")
@@ -933,13 +975,14 @@ def cmd_down(args) -> None:
 
 
 def org_arg(value: str) -> str:
-    if value not in ORGS:
-        raise argparse.ArgumentTypeError(f"unknown org {value!r} (one of {', '.join(ORGS)})")
+    if value not in KNOWN_ORGS:
+        raise argparse.ArgumentTypeError(f"unknown org {value!r} (one of {', '.join(KNOWN_ORGS)})")
     return value
 
 
 def cmd_stop_homeserver(args) -> None:
     kit = Kit(args.dir).lock()
+    kit.check_org(args.org)
     sig = signal.SIGKILL if args.kill else signal.SIGTERM
     stop_processes([(f"{args.org} homeserver", kit.hs_pid_file(args.org), str(kit.hs_config(args.org)))], sig)
     write_state(kit)
@@ -948,6 +991,7 @@ def cmd_stop_homeserver(args) -> None:
 
 def cmd_start_homeserver(args) -> None:
     kit = Kit(args.dir).lock()
+    kit.check_org(args.org)
     if not kit.hs_config(args.org).exists():
         die(f"{args.org}: no homeserver in {kit.root}; run federation/up first")
     start_homeservers(kit, [args.org])
@@ -956,6 +1000,7 @@ def cmd_start_homeserver(args) -> None:
 
 def cmd_stop_node(args) -> None:
     kit = Kit(args.dir).lock()
+    kit.check_org(args.org)
     sig = signal.SIGKILL if args.kill else signal.SIGTERM
     stop_processes([(f"{args.org} node", kit.node_pid_file(args.org), str(kit.node_config(args.org)))], sig)
     write_state(kit)
@@ -964,6 +1009,7 @@ def cmd_stop_node(args) -> None:
 
 def cmd_start_node(args) -> None:
     kit = Kit(args.dir).lock()
+    kit.check_org(args.org)
     if not kit.node_config(args.org).exists():
         die(f"{args.org}: no node in {kit.root}; run federation/up first")
     start_nodes(kit, [args.org])
@@ -980,13 +1026,14 @@ def cmd_status(args) -> None:
 
 
 def cmd_smoke(args) -> None:
-    """Federation smoke test over the client-server API only (no AXP node involved): a user on acme
-    creates a private room inviting a user on globex, who joins; each sends an `axp.test` event;
-    both events must show up in both servers' /messages."""
+    """Federation smoke test over the client-server API only (no AXP node involved): a user on the
+    kit's first org (acme) creates a private room inviting a user on each other org, who join; each
+    sends an `axp.test` event; every event must show up in every server's /messages (with three
+    orgs, events from globex and initech reach each other's servers directly)."""
     kit = Kit(args.dir)
-    a, b = ORGS
+    first, *others = kit.orgs
     users = {}
-    for org in ORGS:
+    for org in kit.orgs:
         if kit.hs_pid(org) is None:
             die(f"{org}: the homeserver is not running (federation/up or start-homeserver {org})")
         accounts = read_json(kit.accounts_file(org), {})
@@ -1004,28 +1051,31 @@ def cmd_smoke(args) -> None:
     def api(org: str) -> str:
         return kit.client_url(org) + "/_matrix/client/v3"
 
-    (a_user, a_token), (b_user, b_token) = users[a], users[b]
+    first_user, first_token = users[first]
+    invitees = [users[org][0] for org in others]
 
     t = time.monotonic()
     room = http_ok(
         "POST",
-        api(a) + "/createRoom",
-        {"preset": "private_chat", "invite": [b_user], "name": "kit smoke test"},
-        a_token,
-        what=f"{a}: createRoom inviting {b_user}",
+        api(first) + "/createRoom",
+        {"preset": "private_chat", "invite": invitees, "name": "kit smoke test"},
+        first_token,
+        what=f"{first}: createRoom inviting {', '.join(invitees)}",
     )["room_id"]
-    say(f"smoke: {a_user} created {room} inviting {b_user} ({(time.monotonic() - t) * 1000:.0f} ms)")
+    say(f"smoke: {first_user} created {room} inviting {', '.join(invitees)} ({(time.monotonic() - t) * 1000:.0f} ms)")
 
-    t = time.monotonic()
-    deadline = t + 20
-    while True:  # the invite travels over federation; join as soon as globex knows it
-        status, answer = http("POST", api(b) + f"/join/{q(room)}", {}, b_token)
-        if status == 200:
-            break
-        if time.monotonic() > deadline:
-            die(f"{b}: {b_user} cannot join {room}: HTTP {status} {json.dumps(answer)}")
-        time.sleep(0.1)
-    say(f"smoke: {b_user} joined over federation ({(time.monotonic() - t) * 1000:.0f} ms)")
+    for org in others:
+        user, token = users[org]
+        t = time.monotonic()
+        deadline = t + 20
+        while True:  # the invite travels over federation; join as soon as the invitee's server knows it
+            status, answer = http("POST", api(org) + f"/join/{q(room)}", {}, token)
+            if status == 200:
+                break
+            if time.monotonic() > deadline:
+                die(f"{org}: {user} cannot join {room}: HTTP {status} {json.dumps(answer)}")
+            time.sleep(0.1)
+        say(f"smoke: {user} joined over federation ({(time.monotonic() - t) * 1000:.0f} ms)")
 
     nonce = secrets.token_hex(4)
     sent = {}
@@ -1036,6 +1086,7 @@ def cmd_smoke(args) -> None:
             "PUT", api(org) + f"/rooms/{q(room)}/send/axp.test/{txn}", body, token, what=f"{org}: send axp.test"
         )["event_id"]
 
+    expected = {org: user for org, (user, _) in users.items()}
     t = time.monotonic()
     deadline = t + 20
     for org, (user, token) in users.items():
@@ -1048,16 +1099,16 @@ def cmd_smoke(args) -> None:
                 for e in answer.get("chunk", [])
                 if e.get("type") == "axp.test" and e.get("content", {}).get("nonce") == nonce
             }
-            if seen == {a: a_user, b: b_user}:
+            if seen == expected:
                 break
             if time.monotonic() > deadline:
-                die(f"smoke: {org}'s /messages shows {seen}, expected both axp.test events ({sent})")
+                die(f"smoke: {org}'s /messages shows {seen}, expected all {len(expected)} axp.test events ({sent})")
             time.sleep(0.1)
-        say(f"smoke: {org}'s /messages shows both axp.test events with the right senders")
+        say(f"smoke: {org}'s /messages shows all {len(expected)} axp.test events with the right senders")
     say(f"smoke: events crossed federation in {(time.monotonic() - t) * 1000:.0f} ms")
     for org, (user, token) in users.items():
         http("POST", api(org) + f"/rooms/{q(room)}/leave", {}, token)
-    print(f"federation smoke test passed: room {room}, {a_user} <-> {b_user}")
+    print(f"federation smoke test passed: room {room}, {' <-> '.join(expected.values())}")
 
 
 def main(argv: list[str]) -> int:
@@ -1071,8 +1122,18 @@ def main(argv: list[str]) -> int:
         p.set_defaults(func=func)
         return p
 
-    p = command("up", cmd_up, "create (once) and start both homeservers and nodes; idempotent")
-    p.add_argument("--base-port", type=int, help="client N, N+1; federation N+10, N+11; nodes N+20, N+21")
+    p = command("up", cmd_up, "create (once) and start the kit's homeservers and nodes; idempotent")
+    p.add_argument(
+        "--orgs",
+        type=parse_orgs,
+        help=(
+            f"comma-separated orgs among {', '.join(KNOWN_ORGS)} (default {','.join(DEFAULT_ORGS)}); pinned in "
+            "the kit dir at creation, so later commands need not repeat it"
+        ),
+    )
+    p.add_argument(
+        "--base-port", type=int, help="org i (acme 0, globex 1, initech 2): client N+i, federation N+10+i, node N+20+i"
+    )
     p.add_argument("--no-nodes", action="store_true", help="prepare the nodes but do not start them")
     p.add_argument("--skip-login", action="store_true", help="same as AXP_KIT_SKIP_LOGIN=1")
     p = command("down", cmd_down, "stop everything the kit started (nodes first)")
@@ -1084,12 +1145,12 @@ def main(argv: list[str]) -> int:
         ("start-node", cmd_start_node, "start one org's node and wait until it listens"),
     ):
         p = command(name, func, what)
-        p.add_argument("org", type=org_arg, help=" or ".join(ORGS))
+        p.add_argument("org", type=org_arg, help=f"one of the kit's orgs ({', '.join(KNOWN_ORGS)})")
         if name.startswith("stop"):
             p.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM (a crash)")
     p = command("status", cmd_status, "refresh federation.json from the pid files and print a summary")
     p.add_argument("--json", action="store_true", help="print federation.json instead")
-    command("smoke-test", cmd_smoke, "check that the two homeservers federate (client-server API only)")
+    command("smoke-test", cmd_smoke, "check that the kit's homeservers federate (client-server API only)")
 
     args = parser.parse_args(argv)
     PROG = f"federation/{args.command}"

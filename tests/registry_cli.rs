@@ -47,11 +47,17 @@ struct Demo {
 
 impl Demo {
     fn new() -> Self {
+        Self::init(&[])
+    }
+
+    /// `init-demo` with extra arguments (e.g. `--orgs`).
+    fn init(extra: &[&str]) -> Self {
         let temp = TempDir::new().unwrap();
         let registry = temp.path().join("registry");
         let keys = temp.path().join("keys");
-        let output = axp_registry(&["init-demo", "--dir", path(&registry), "--keys-dir", path(&keys)]);
-        assert_success(&output);
+        let mut args = vec!["init-demo", "--dir", path(&registry), "--keys-dir", path(&keys)];
+        args.extend_from_slice(extra);
+        assert_success(&axp_registry(&args));
         Self { temp, registry, keys }
     }
 
@@ -95,6 +101,42 @@ fn init_demo_verifies() {
         assert_eq!(mode(&demo.key(name)), 0o600, "{name}.key");
     }
     assert_eq!(mode(&demo.keys), 0o700);
+}
+
+#[test]
+fn init_demo_orgs_chooses_the_demo_orgs() {
+    let two = Demo::new();
+    assert!(!two.record("initech").exists() && !two.key("initech").exists(), "the default stays acme and globex");
+
+    let three = Demo::init(&["--orgs", "acme,globex,initech"]);
+    let output = three.verify(&[]);
+    assert_success(&output);
+    for org in ["acme", "globex", "initech"] {
+        assert!(stdout(&output).contains(&format!("`{org}` serial 1")), "{}", describe(&output));
+        assert_eq!(mode(&three.key(org)), 0o600, "{org}.key");
+    }
+    let resolve = axp_registry(&["resolve", "agent://initech/support/desk", "--dir", path(&three.registry)]);
+    assert_success(&resolve);
+    // initech's demo ports are those of the federation kit's third org.
+    for line in [
+        "node: initech-node-1",
+        "matched: route agent://initech/support",
+        "matrix_user_id: @axp-initech:localhost:8483",
+        "homeserver_url: http://127.0.0.1:8010",
+        "http_url: http://127.0.0.1:7403",
+    ] {
+        assert!(stdout(&resolve).lines().any(|printed| printed == line), "{line}: {}", describe(&resolve));
+    }
+
+    let temp = TempDir::new().unwrap();
+    let registry = temp.path().join("registry");
+    let keys = temp.path().join("keys");
+    for (orgs, complaint) in [("acme,umbrella", "`umbrella` is not a demo org"), ("acme,acme", "named twice")] {
+        let output = axp_registry(&["init-demo", "--dir", path(&registry), "--keys-dir", path(&keys), "--orgs", orgs]);
+        assert_exit_code(&output, 2);
+        assert!(stderr(&output).contains(complaint), "{}", describe(&output));
+        assert!(!registry.exists() && !keys.exists(), "a refused --orgs writes nothing");
+    }
 }
 
 #[test]

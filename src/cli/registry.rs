@@ -88,15 +88,18 @@ pub enum RegistryCommand {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
-    /// Create a demo registry: a root key, orgs acme and globex with their keys, placeholder
-    /// node device keys, and signed records.
+    /// Create a demo registry: a root key, the chosen demo orgs (acme, globex, initech) with
+    /// their keys, placeholder node device keys, and signed records.
     InitDemo {
         /// Registry directory to write root.json and orgs/ into.
         #[arg(long)]
         dir: PathBuf,
-        /// Directory for the secret-key files (root.key, acme.key, globex.key).
+        /// Directory for the secret-key files (root.key and one ORG.key per org).
         #[arg(long)]
         keys_dir: PathBuf,
+        /// The demo orgs to create, comma-separated: acme, globex, initech.
+        #[arg(long, value_delimiter = ',', default_values = ["acme", "globex"])]
+        orgs: Vec<String>,
     },
 }
 
@@ -110,7 +113,7 @@ pub fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
         RegistryCommand::Verify { dir, serials } => verify(&dir, serials.as_deref()),
         RegistryCommand::Resolve { address, dir, local_org } => resolve(&address, &dir, local_org.as_deref()),
         RegistryCommand::Digest { dir } => digest(&dir),
-        RegistryCommand::InitDemo { dir, keys_dir } => init_demo(&dir, &keys_dir),
+        RegistryCommand::InitDemo { dir, keys_dir, orgs } => init_demo(&dir, &keys_dir, &orgs),
     }
 }
 
@@ -253,7 +256,7 @@ fn digest(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(verdict(dir, &report))
 }
 
-/// Parameters of one demo org, matching the federation kit's two loopback homeservers.
+/// Parameters of one demo org, matching the federation kit's loopback homeservers (default ports).
 struct DemoOrg {
     org: &'static str,
     server_name: &'static str,
@@ -262,7 +265,7 @@ struct DemoOrg {
     route: &'static str,
 }
 
-const DEMO_ORGS: [DemoOrg; 2] = [
+const DEMO_ORGS: [DemoOrg; 3] = [
     DemoOrg {
         org: "acme",
         server_name: "localhost:8481",
@@ -277,12 +280,37 @@ const DEMO_ORGS: [DemoOrg; 2] = [
         node_port: 7402,
         route: "agent://globex/sales",
     },
+    DemoOrg {
+        org: "initech",
+        server_name: "localhost:8483",
+        client_port: 8010,
+        node_port: 7403,
+        route: "agent://initech/support",
+    },
 ];
 
-fn init_demo(dir: &Path, keys_dir: &Path) -> anyhow::Result<ExitCode> {
+/// The demo orgs named by `--orgs`, each once, in DEMO_ORGS order.
+fn chosen_demo_orgs(names: &[String]) -> anyhow::Result<Vec<&'static DemoOrg>> {
+    let known = || DEMO_ORGS.iter().map(|demo| demo.org).collect::<Vec<_>>().join(", ");
+    for (index, name) in names.iter().enumerate() {
+        if !DEMO_ORGS.iter().any(|demo| demo.org == name) {
+            bail!("--orgs: `{name}` is not a demo org (known: {})", known());
+        }
+        if names[..index].contains(name) {
+            bail!("--orgs: `{name}` is named twice");
+        }
+    }
+    if names.is_empty() {
+        bail!("--orgs: name at least one demo org ({})", known());
+    }
+    Ok(DEMO_ORGS.iter().filter(|demo| names.iter().any(|name| name == demo.org)).collect())
+}
+
+fn init_demo(dir: &Path, keys_dir: &Path, orgs: &[String]) -> anyhow::Result<ExitCode> {
+    let demos = chosen_demo_orgs(orgs)?;
     // Checked up front so a refusal leaves nothing half-written.
     let mut targets = vec![keys_dir.join("root.key"), dir.join(ROOT_FILE)];
-    for demo in &DEMO_ORGS {
+    for demo in &demos {
         targets.push(keys_dir.join(format!("{}.key", demo.org)));
         targets.push(dir.join(ORGS_DIR).join(format!("{}.json", demo.org)));
     }
@@ -297,7 +325,7 @@ fn init_demo(dir: &Path, keys_dir: &Path) -> anyhow::Result<ExitCode> {
     let root = TrustRoot::new(1, &[root_key.public_key()]).map_err(|e| refused(ROOT_FILE, &e))?;
     write_new(&dir.join(ROOT_FILE), &root.to_pretty_json())?;
     let expires_at = Timestamp::from(Utc::now() + Duration::days(DEMO_VALIDITY_DAYS));
-    for demo in &DEMO_ORGS {
+    for demo in demos {
         let org_key = SigningKey::generate();
         write_secret_key(&keys_dir.join(format!("{}.key", demo.org)), &org_key)?;
         let path = dir.join(ORGS_DIR).join(format!("{}.json", demo.org));

@@ -1,6 +1,7 @@
-//! The federation kit for tests: two real Synapse homeservers from `federation/up` on a port
-//! block of the test's own, and the two nodes started, killed and restarted by the test. A
-//! failing test keeps the homeserver and node logs under the target dir's tmp.
+//! The federation kit for tests: real Synapse homeservers from `federation/up` (acme and globex,
+//! or the orgs a test chooses, e.g. also initech) on a port block of the test's own, and their
+//! nodes started, killed and restarted by the test. A failing test keeps the homeserver and node
+//! logs under the target dir's tmp.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -33,9 +34,9 @@ impl Drop for Kit {
                 .join("federation_faults")
                 .join(self.description["base_port"].as_u64().map_or_else(|| "kit".to_owned(), |port| port.to_string()));
             let _ = std::fs::create_dir_all(&keep);
-            for org in ["acme", "globex"] {
+            for org in self.orgs() {
                 let homeserver =
-                    PathBuf::from(self.description["homeservers"][org]["log"].as_str().unwrap_or_default());
+                    PathBuf::from(self.description["homeservers"][&org]["log"].as_str().unwrap_or_default());
                 let _ = std::fs::copy(&homeserver, keep.join(format!("{org}-homeserver.log")));
             }
             for node in &self.nodes {
@@ -60,7 +61,7 @@ impl Drop for Kit {
     }
 }
 
-/// Each test runs two homeservers and two nodes: they take turns even under a plain `cargo test`
+/// Each test runs two (or three) homeservers and nodes: they take turns even under a plain `cargo test`
 /// (which runs a file's tests in parallel), so that timings stay those of one kit at a time.
 pub static ONE_KIT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -100,12 +101,21 @@ impl Node {
 }
 
 impl Kit {
-    /// Brings up both homeservers on a port block of its own, provisions and starts both nodes.
+    /// Brings up acme's and globex's homeservers on a port block of its own, provisions and
+    /// starts both nodes.
     pub fn up(base_port: u16) -> Arc<Kit> {
+        Kit::up_with(base_port, &["acme", "globex"])
+    }
+
+    /// Brings up the homeservers of `orgs` (among acme, globex, initech; at least two) on the
+    /// port block `base_port..base_port + 23`, provisions and starts their nodes, with a registry
+    /// of exactly those orgs. `kit.node("initech").api()` is then initech's node API.
+    pub fn up_with(base_port: u16, orgs: &[&str]) -> Arc<Kit> {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(repo().join("federation/up"))
             .args(["--dir", dir.path().to_str().unwrap(), "--base-port", &base_port.to_string(), "--no-nodes"])
+            .args(["--orgs", &orgs.join(",")])
             .env("AXP_BIN", super::AXP)
             .output()
             .expect("federation/up runs (scripts/test sets up the kit)");
@@ -118,12 +128,12 @@ impl Kit {
         let description: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("federation.json")).unwrap()).unwrap();
         let mut kit = Kit { dir, description, nodes: Vec::new() };
-        for org in ["acme", "globex"] {
-            let node = &kit.description["nodes"][org];
+        for org in kit.orgs() {
+            let node = &kit.description["nodes"][&org];
             let config = PathBuf::from(node["config"].as_str().unwrap());
             let (child, url) = spawn_node(&config).unwrap_or_else(|error| panic!("node {org} did not start: {error}"));
             kit.nodes.push(Node {
-                org: org.to_owned(),
+                org,
                 config,
                 url,
                 admin_key: node["admin_key"].as_str().unwrap().to_owned(),
@@ -132,6 +142,12 @@ impl Kit {
         }
         eprintln!("kit up on ports {base_port}.. in {:.1?} ({})", started.elapsed(), kit.dir.path().display());
         Arc::new(kit)
+    }
+
+    /// The kit's orgs, as `federation.json` lists them (in acme, globex, initech order).
+    pub fn orgs(&self) -> Vec<String> {
+        let orgs = self.description["orgs"].as_array().into_iter().flatten();
+        orgs.filter_map(|org| org.as_str().map(str::to_owned)).collect()
     }
 
     pub fn node(&self, org: &str) -> &Node {
