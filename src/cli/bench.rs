@@ -1,4 +1,5 @@
-//! `axp bench local`: measures a fresh node over real HTTP on loopback and prints figures.
+//! `axp bench local|federation|webhooks`: measures nodes over real HTTP on loopback and prints
+//! figures.
 //!
 //! The node runs as its own process (this binary, `node run`) on a new data dir, so the
 //! figures include HTTP, JSON, the group-commit writer and sled's flush to disk.
@@ -52,6 +53,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Push deliveries/s to a local receiver that answers at once, and the latency from the
+    /// create's durable answer to the receipt at the receiver.
+    Webhooks {
+        #[arg(long, default_value_t = 5_000)]
+        intents: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -62,14 +71,17 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Federation { dir, round_trips, lifecycles, intents, concurrency } => {
             super::runtime()?.block_on(federation(&dir, round_trips, lifecycles, intents, concurrency))
         }
+        BenchCommand::Webhooks { intents, concurrency } => {
+            super::runtime()?.block_on(super::bench_webhooks::run(intents, concurrency))
+        }
     }
 }
 
 /// A node process on a temporary data dir, killed on drop.
-struct BenchNode {
-    child: Child,
-    url: String,
-    admin_key: String,
+pub(super) struct BenchNode {
+    pub(super) child: Child,
+    pub(super) url: String,
+    pub(super) admin_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -81,6 +93,11 @@ impl Drop for BenchNode {
 }
 
 fn start_node() -> anyhow::Result<BenchNode> {
+    start_node_with(|_| {})
+}
+
+/// A node whose `axp.toml` `edit` may change before it starts.
+pub(super) fn start_node_with(edit: impl FnOnce(&mut toml::Table)) -> anyhow::Result<BenchNode> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("axp-bench-").tempdir_in(bench_tmp())?;
     let init = Command::new(&exe)
@@ -91,6 +108,10 @@ fn start_node() -> anyhow::Result<BenchNode> {
         bail!("node init failed: {}", String::from_utf8_lossy(&init.stderr));
     }
     let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))?.trim().to_owned();
+    let config_path = dir.path().join("axp.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&config_path)?.parse()?;
+    edit(&mut config);
+    std::fs::write(&config_path, toml::to_string(&config)?)?;
     let mut child = Command::new(&exe)
         .args(["node", "run", "--config"])
         .arg(dir.path().join("axp.toml"))
@@ -129,7 +150,7 @@ async fn local(serial: usize, concurrent: usize, concurrency: usize, lifecycles:
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_machine(node: &BenchNode) {
+pub(super) fn print_machine(node: &BenchNode) {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -141,7 +162,7 @@ fn print_machine(node: &BenchNode) {
         .unwrap_or_else(|| "unknown CPU".into());
     let build = if cfg!(debug_assertions) { "DEBUG build: figures are not representative" } else { "release build" };
     println!(
-        "axp bench local: {cpus} CPUs ({model}), {build}, node {} on a fresh data dir in {}",
+        "axp bench: {cpus} CPUs ({model}), {build}, node {} on a fresh data dir in {}",
         node.url,
         bench_tmp().display()
     );
@@ -393,7 +414,7 @@ fn median(latencies: &[Duration]) -> Duration {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-fn report(what: &str, rate: f64, latencies: &[Duration]) {
+pub(super) fn report(what: &str, rate: f64, latencies: &[Duration]) {
     let mut sorted = latencies.to_vec();
     sorted.sort();
     let at = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
@@ -403,7 +424,7 @@ fn report(what: &str, rate: f64, latencies: &[Duration]) {
 }
 
 /// The node's CPU time so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(super) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split_whitespace().collect();
@@ -412,7 +433,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Prints the node's CPU time per operation since `before` and returns the new total.
-fn cpu_used(pid: u32, before: f64, operations: usize) -> f64 {
+pub(super) fn cpu_used(pid: u32, before: f64, operations: usize) -> f64 {
     let now = cpu_seconds(pid);
     println!(
         "{:<72} node CPU {:.2} s, {:.0} µs per operation",
@@ -423,7 +444,7 @@ fn cpu_used(pid: u32, before: f64, operations: usize) -> f64 {
     now
 }
 
-fn peak_rss(pid: u32) -> Option<String> {
+pub(super) fn peak_rss(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

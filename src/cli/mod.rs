@@ -2,6 +2,7 @@
 
 mod agents;
 mod bench;
+mod bench_webhooks;
 mod intents;
 mod keys;
 mod node;
