@@ -243,3 +243,23 @@ async fn listen_offers_an_unacknowledged_hand_out_again_after_the_visibility_tim
     assert!(again.iter().any(|(_, data)| data["intent_id"] == ignored.as_str()), "{again:?}");
     assert!(!again.iter().any(|(_, data)| data["intent_id"] == acknowledged.as_str()), "{again:?}");
 }
+
+#[tokio::test]
+async fn a_poll_lease_survives_a_sigkill() {
+    let mut node =
+        TestNode::start_with(|config| *config = config.replace("poll_lease_seconds = 30", "poll_lease_seconds = 5"));
+    let api = node.admin();
+    let id = api.send(FROM, WORKER).await;
+    let poll = format!("/v1/intents?status=pending&to_agent={WORKER}");
+    let (_, page) = api.get(&poll).await;
+    assert_eq!(page["intents"][0]["intent_id"], id.as_str());
+    let leased_at = Instant::now();
+
+    node.restart();
+    let api = node.admin();
+    let (_, page) = api.get(&poll).await;
+    assert_eq!(page["intents"], json!([]), "the lease was on disk: nobody else gets the intent yet");
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(leased_at.elapsed()) + Duration::from_millis(200)).await;
+    let (_, page) = api.get(&poll).await;
+    assert_eq!(page["intents"][0]["intent_id"], id.as_str(), "after the lease it is handed out again");
+}
