@@ -143,3 +143,40 @@ async fn the_initiator_resumes_and_cancels_through_the_owner() {
     let canceled = globex.events(&doomed).await;
     assert_eq!(canceled.last().unwrap()["details"]["reason"], "no longer needed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_from_another_org_is_pushed_to_an_http_bound_agent() {
+    let _turn = ONE_KIT_AT_A_TIME.lock().await;
+    let kit = Kit::up(18200);
+    let globex_node = kit.node("globex");
+    globex_node.kill();
+    let mut config: toml::Table = std::fs::read_to_string(&globex_node.config).unwrap().parse().unwrap();
+    config["delivery"].as_table_mut().unwrap().insert("allow_private_targets".into(), true.into());
+    std::fs::write(&globex_node.config, toml::to_string(&config).unwrap()).unwrap();
+    globex_node.start();
+    let acme = &kit.node("acme").api();
+    let globex = &globex_node.api();
+    let receiver = common::receiver::Receiver::start().await;
+    let handler = "agent://globex/sales/hook";
+    let binding =
+        json!({"delivery_mode": "http", "callback_url": receiver.url, "secret": "a-secret-for-the-federation-test"});
+    let (status, body) = globex.post(&format!("/v1/agents/{handler}/binding"), binding).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = acme.post("/v1/intents", common::intent_body("agent://acme/ops/buyer", handler)).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["intent_id"].as_str().unwrap().to_owned();
+    let request = receiver.wait_for(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(request.headers["x-axp-intent-id"], id);
+    let pushed: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(pushed["intent"]["from_agent"], "agent://acme/ops/buyer");
+    eventually("DELIVERED at acme", Duration::from_secs(30), async || {
+        (acme.status(&id).await == "DELIVERED").then_some(())
+    })
+    .await;
+    let delivered = acme.events(&id).await.pop().unwrap();
+    assert_eq!(
+        (delivered["event_type"].as_str(), delivered["details"]["binding"].as_str()),
+        (Some("intent.delivered"), Some("http"))
+    );
+}
