@@ -322,3 +322,27 @@ async fn published_events_reach_matching_subscriptions_signed_with_counters_and_
     let (_, all) = api.get("/v1/webhooks/subscriptions?include_inactive=true").await;
     assert!(all["subscriptions"][0]["revoked_at"].is_string(), "{all}");
 }
+
+#[tokio::test]
+async fn a_transfer_ends_the_old_handlers_pending_delivery() {
+    let receiver = Receiver::start().await;
+    let node = node(1500, 5);
+    let api = node.admin();
+    bind(&api, &receiver.url).await;
+    receiver.script(&[Reply::Status(500)]);
+    let id = api.send(FROM, AGENT).await;
+    receiver.wait_for(1, LIMIT).await;
+    eventually("the first failure", LIMIT, async || events_of(&api, &id, "intent.delivery_failed").await.pop()).await;
+    let (status, body) =
+        api.post(&format!("/v1/intents/{id}/transfer"), json!({"to_agent": "agent://acme/hooks/other"})).await;
+    assert_eq!(status, 200, "{body}");
+    let delivery = eventually("the delivery to end", LIMIT, async || {
+        let (_, listed) = api.get(&format!("/v1/deliveries?agent={AGENT}")).await;
+        let delivery = listed["deliveries"][0].clone();
+        (delivery["status"] == "obsolete").then_some(delivery)
+    })
+    .await;
+    assert!(delivery["last_error"].as_str().unwrap().contains("transferred"), "{delivery}");
+    assert_eq!(receiver.received().len(), 1, "no attempt after the transfer");
+    assert_eq!(events_of(&api, &id, "intent.delivery_failed").await.len(), 1);
+}

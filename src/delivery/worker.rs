@@ -170,6 +170,9 @@ fn prepare(
             if stored.record.status().is_terminal() && delivery.replays == 0 {
                 return obsolete(format!("the intent is already {}", stored.record.status()));
             }
+            if !handled_here_by(&stored, &delivery.agent) {
+                return obsolete(format!("the intent was transferred to {}", stored.record.handler()));
+            }
             let binding = store.binding(&delivery.agent)?.filter(|binding| binding.mode == DeliveryMode::Http);
             let Some(binding) = binding else {
                 return obsolete(format!("{} is no longer bound to http", delivery.agent));
@@ -282,7 +285,7 @@ async fn record(store: &Store, config: &DeliverySection, id: String, outcome: Ou
             let mut stored = match &delivery.subject {
                 Subject::Intent { intent_id } => {
                     let id = uuid::Uuid::parse_str(intent_id).map_err(|_| StoreError::Corrupt("intent id".into()))?;
-                    txn.intent(id)?
+                    txn.intent(id)?.filter(|stored| handled_here_by(stored, &delivery.agent))
                 }
                 Subject::Event { .. } => None,
             };
@@ -323,6 +326,12 @@ async fn record(store: &Store, config: &DeliverySection, id: String, outcome: Ou
             txn.put_delivery(&delivery)
         })
         .await
+}
+
+/// Whether this node still sequences the intent and `agent` still handles it: a transfer
+/// makes the old handler's pending delivery pointless, and a replica is not this node's to change.
+fn handled_here_by(stored: &crate::store::StoredIntent, agent: &str) -> bool {
+    stored.record.handler() == agent && !stored.is_replica() && !stored.is_transferred_away()
 }
 
 fn retry_delay(config: &DeliverySection, attempts: u32) -> u64 {
