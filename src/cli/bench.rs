@@ -56,6 +56,10 @@ pub enum BenchCommand {
     /// Push deliveries/s to a local receiver that answers at once, and the latency from the
     /// create's durable answer to the receipt at the receiver.
     Webhooks {
+        /// Deliveries measured one at a time, for latency.
+        #[arg(long, default_value_t = 500)]
+        serial: usize,
+        /// Deliveries sent in the burst, for throughput.
         #[arg(long, default_value_t = 5_000)]
         intents: usize,
         #[arg(long, default_value_t = 64)]
@@ -71,8 +75,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Federation { dir, round_trips, lifecycles, intents, concurrency } => {
             super::runtime()?.block_on(federation(&dir, round_trips, lifecycles, intents, concurrency))
         }
-        BenchCommand::Webhooks { intents, concurrency } => {
-            super::runtime()?.block_on(super::bench_webhooks::run(intents, concurrency))
+        BenchCommand::Webhooks { serial, intents, concurrency } => {
+            super::runtime()?.block_on(super::bench_webhooks::run(serial, intents, concurrency))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `axp bench webhooks`: push deliveries to an `http`-bound agent whose receiver (in this
-//! process, on loopback) answers 200 at once. Prints deliveries/s and the latency from each
-//! create's durable answer to its receipt.
+//! process, on loopback) answers 200 at once. Prints the latency from a create request to the
+//! receipt one intent at a time (an upper bound of commit to receipt), then deliveries/s with 64 concurrent creators (whose
+//! latencies then include the queue the burst builds).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -40,7 +41,17 @@ async fn receiver() -> anyhow::Result<(String, Receipts)> {
     Ok((url, receipts))
 }
 
-pub async fn run(total: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
+fn create_body() -> serde_json::Value {
+    json!({
+        "intent_type": "intent.bench.v1",
+        "correlation_id": uuid::Uuid::new_v4().to_string(),
+        "from_agent": INITIATOR,
+        "to_agent": AGENT,
+        "payload": {"note": "a small payload of a typical size for a task description"},
+    })
+}
+
+pub async fn run(serial: usize, total: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let node = start_node_with(|config| {
         if let Some(delivery) = config.get_mut("delivery").and_then(|section| section.as_table_mut()) {
             delivery.insert("allow_private_targets".into(), true.into());
@@ -53,6 +64,24 @@ pub async fn run(total: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let binding = json!({"delivery_mode": "http", "callback_url": url, "secret": "bench-secret-of-enough-length"});
     client.post(&format!("/v1/agents/{AGENT}/binding"), &binding, None).await?;
 
+    let mut latencies = Vec::with_capacity(serial);
+    for _ in 0..serial {
+        // From the request, not its answer: the push often reaches the receiver before the
+        // create's answer reaches this client.
+        let sent = Instant::now();
+        let created = client.post("/v1/intents", &create_body(), None).await?;
+        let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
+        let receipt = loop {
+            if let Some(receipt) = receipts.lock().expect("not poisoned").get(&id) {
+                break *receipt;
+            }
+            tokio::task::yield_now().await;
+        };
+        latencies.push(receipt.saturating_duration_since(sent));
+    }
+    report(&format!("webhook delivery, one at a time (create sent -> receipt), n={serial}"), 0.0, &latencies);
+    receipts.lock().expect("not poisoned").clear();
+
     let pid = node.child.id();
     let cpu = cpu_seconds(pid);
     let answered: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
@@ -63,14 +92,7 @@ pub async fn run(total: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
         let (client, next, answered) = (client.clone(), next.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let body = json!({
-                    "intent_type": "intent.bench.v1",
-                    "correlation_id": uuid::Uuid::new_v4().to_string(),
-                    "from_agent": INITIATOR,
-                    "to_agent": AGENT,
-                    "payload": {"note": "a small payload of a typical size for a task description"},
-                });
-                let created = client.post("/v1/intents", &body, None).await?;
+                let created = client.post("/v1/intents", &create_body(), None).await?;
                 let id = created["intent_id"].as_str().context("intent_id")?.to_owned();
                 answered.lock().expect("not poisoned").push((id, Instant::now()));
             }
@@ -99,7 +121,7 @@ pub async fn run(total: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
         .filter_map(|(id, answered)| receipts.get(id).map(|receipt| receipt.saturating_duration_since(*answered)))
         .collect();
     report(
-        &format!("webhook deliveries (create answered -> receipt), concurrency {concurrency}, n={total}"),
+        &format!("webhook deliveries, burst of {concurrency} creators (answer -> receipt), n={total}"),
         rate,
         &latencies,
     );
