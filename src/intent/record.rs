@@ -378,6 +378,21 @@ fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
+/// A submitted intent `id-1` from `agent://acme/a` to `agent://acme/b`, for unit tests.
+#[cfg(test)]
+pub(super) fn sample(options: Map<String, Value>, at: &str) -> (IntentRecord, Vec<LifecycleEvent>) {
+    let new = NewIntent {
+        intent_type: "intent.demo.v1".into(),
+        correlation_id: "c".into(),
+        from_agent: "agent://acme/a".into(),
+        to_agent: "agent://acme/b".into(),
+        reply_to: None,
+        payload: json!({"x": 1}),
+        options,
+    };
+    IntentRecord::submit(new, "id-1".into(), "agent://acme/a", at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,16 +400,7 @@ mod tests {
     const AT: &str = "2026-11-26T12:00:00.000000Z";
 
     fn submitted() -> IntentRecord {
-        let new = NewIntent {
-            intent_type: "intent.demo.v1".into(),
-            correlation_id: "c".into(),
-            from_agent: "agent://acme/a".into(),
-            to_agent: "agent://acme/b".into(),
-            reply_to: None,
-            payload: json!({"x": 1}),
-            options: Map::new(),
-        };
-        let (record, events) = IntentRecord::submit(new, "id-1".into(), "agent://acme/a", AT);
+        let (record, events) = sample(Map::new(), AT);
         assert_eq!(
             events.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(),
             [(1, Status::Created), (2, Status::Submitted)]

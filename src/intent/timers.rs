@@ -326,10 +326,8 @@ impl IntentRecord {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Map;
-
     use super::*;
-    use crate::intent::{NewIntent, ResolveOutcome};
+    use crate::intent::ResolveOutcome;
 
     const T0: u64 = 1_800_000_000_000;
 
@@ -338,17 +336,7 @@ mod tests {
     }
 
     fn record(options: Value) -> IntentRecord {
-        let options: Map<String, Value> = options.as_object().cloned().unwrap();
-        let new = NewIntent {
-            intent_type: "intent.demo.v1".into(),
-            correlation_id: "c".into(),
-            from_agent: "agent://acme/a".into(),
-            to_agent: "agent://acme/b".into(),
-            reply_to: None,
-            payload: json!({}),
-            options,
-        };
-        IntentRecord::submit(new, "id-1".into(), "agent://acme/a", &at(T0)).0
+        super::super::record::sample(options.as_object().cloned().unwrap(), &at(T0)).0
     }
 
     fn wait(record: &mut IntentRecord, reason: WaitingReason, details: Value, ms: u64) -> LifecycleEvent {
