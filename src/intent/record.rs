@@ -378,9 +378,9 @@ fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
-/// A submitted intent `id-1` from `agent://acme/a` to `agent://acme/b`, for unit tests.
+/// A submitted intent from `agent://acme/a` to `agent://acme/b`, for unit tests.
 #[cfg(test)]
-pub(super) fn sample(options: Map<String, Value>, at: &str) -> (IntentRecord, Vec<LifecycleEvent>) {
+pub(crate) fn sample(id: &str, options: Map<String, Value>, at: &str) -> (IntentRecord, Vec<LifecycleEvent>) {
     let new = NewIntent {
         intent_type: "intent.demo.v1".into(),
         correlation_id: "c".into(),
@@ -390,7 +390,7 @@ pub(super) fn sample(options: Map<String, Value>, at: &str) -> (IntentRecord, Ve
         payload: json!({"x": 1}),
         options,
     };
-    IntentRecord::submit(new, "id-1".into(), "agent://acme/a", at)
+    IntentRecord::submit(new, id.to_owned(), "agent://acme/a", at)
 }
 
 #[cfg(test)]
@@ -400,7 +400,7 @@ mod tests {
     const AT: &str = "2026-11-26T12:00:00.000000Z";
 
     fn submitted() -> IntentRecord {
-        let (record, events) = sample(Map::new(), AT);
+        let (record, events) = sample("id-1", Map::new(), AT);
         assert_eq!(
             events.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(),
             [(1, Status::Created), (2, Status::Submitted)]

@@ -336,7 +336,7 @@ mod tests {
     }
 
     fn record(options: Value) -> IntentRecord {
-        super::super::record::sample(options.as_object().cloned().unwrap(), &at(T0)).0
+        crate::intent::sample("id-1", options.as_object().cloned().unwrap(), &at(T0)).0
     }
 
     fn wait(record: &mut IntentRecord, reason: WaitingReason, details: Value, ms: u64) -> LifecycleEvent {

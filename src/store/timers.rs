@@ -114,7 +114,67 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::intent::{IntentRecord, ResolveOutcome, Status, WaitingReason};
+    use crate::store::RemoteLink;
+    use crate::transport::wire::NodeRef;
+
+    fn new_intent(id: Uuid) -> IntentRecord {
+        let options = json!({"deadline_at": "2030-01-01T00:00:00Z", "remind_after_seconds": 60});
+        crate::intent::sample(&id.to_string(), options.as_object().cloned().unwrap(), "2029-01-01T00:00:00Z").0
+    }
+
+    #[tokio::test]
+    async fn the_schedule_follows_each_save_and_empties_when_the_intent_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(dir.path()).unwrap();
+        let (owned, replica) = (Uuid::now_v7(), Uuid::now_v7());
+        store
+            .write(move |txn| -> Result<(), StoreError> {
+                txn.insert_intent(new_intent(owned), &[], None)?;
+                let peer = NodeRef { org: "other".into(), node: "n".into() };
+                let link = RemoteLink { role: LinkRole::Initiator, peer, room_id: None };
+                txn.insert_intent(new_intent(replica), &[], Some(link))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let deadline = parse_ms_or_panic("2030-01-01T00:00:00Z");
+        assert_eq!(store.timers_of(owned).unwrap(), [Timer { due_ms: deadline, kind: TimerKind::Deadline }]);
+        assert!(store.timers_of(replica).unwrap().is_empty(), "a replica runs no timers");
+        store
+            .write(move |txn| -> Result<(), StoreError> {
+                let mut stored = txn.intent(owned)?.unwrap();
+                let reason = Some(WaitingReason::WaitingForHuman);
+                let event =
+                    stored.record.transition(Status::Waiting, reason, None, json!({}), "2029-01-01T00:00:01Z").unwrap();
+                txn.update_intent(&stored, &[event])
+            })
+            .await
+            .unwrap();
+        let wanted = store.intent(owned).unwrap().unwrap().record.timers();
+        assert_eq!((wanted.len(), store.timers_of(owned).unwrap()), (2, wanted.clone()));
+        let due: Vec<Timer> = store.due_timers(u64::MAX, 10).unwrap().into_iter().map(|due| due.timer).collect();
+        assert_eq!(due, wanted, "the schedule is ordered by due time");
+        assert_eq!(store.next_timer_due_after(0).unwrap(), Some(wanted[0].due_ms));
+        store
+            .write(move |txn| -> Result<(), StoreError> {
+                let mut stored = txn.intent(owned)?.unwrap();
+                let outcome = ResolveOutcome::Canceled { reason: "done".into() };
+                let events = stored.record.resolve(outcome, None, "2029-01-01T00:00:02Z").unwrap();
+                txn.update_intent(&stored, &events)
+            })
+            .await
+            .unwrap();
+        assert!(store.timers_of(owned).unwrap().is_empty());
+        assert!(store.due_timers(u64::MAX, 10).unwrap().is_empty(), "nothing left behind");
+    }
+
+    fn parse_ms_or_panic(text: &str) -> u64 {
+        crate::intent::parse_ms(text).unwrap()
+    }
 
     #[test]
     fn schedule_keys_round_trip_and_sort_by_due_time() {
