@@ -25,4 +25,5 @@ pub mod node;
 pub mod registry;
 pub mod routing;
 pub mod store;
+pub mod timers;
 pub mod transport;

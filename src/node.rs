@@ -101,6 +101,7 @@ pub async fn run(
         tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)),
         tokio::spawn(routing.clone().watch(store.clone())),
         tokio::spawn(crate::delivery::worker::run(store.clone(), config.delivery.clone())),
+        tokio::spawn(crate::timers::run(store.clone(), routing.clone(), config.matrix.is_some())),
     ];
     if config.matrix.is_some() {
         upkeep.extend(crate::transport::matrix::start(&config, store.clone(), routing.clone()).await?);

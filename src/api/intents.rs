@@ -646,7 +646,8 @@ pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiR
         .map(|raw| raw.parse())
         .transpose()
         .map_err(|error| ApiError::invalid("waiting_reason", error))?;
-    let details = fields.object("details")?.map(Value::Object).unwrap_or_else(|| json!({}));
+    let mut details = fields.object("details")?.map(Value::Object).unwrap_or_else(|| json!({}));
+    wake_time(&mut fields, &mut details, waiting_reason)?;
     fields.finish()?;
     operate(
         &state,
@@ -663,6 +664,23 @@ pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiR
         nothing_after,
     )
     .await
+}
+
+/// A delay: `next_wakeup_at` (RFC 3339, top level or in `details`) with WAITING_FOR_TIME, kept
+/// in the event's details where the timers read it.
+fn wake_time(fields: &mut Fields, details: &mut Value, reason: Option<WaitingReason>) -> ApiResult<()> {
+    let top = fields.string("next_wakeup_at")?;
+    let Some(wake_at) = top.or_else(|| details.get("next_wakeup_at").and_then(Value::as_str).map(str::to_owned)) else {
+        return Ok(());
+    };
+    if reason != Some(WaitingReason::WaitingForTime) {
+        return Err(ApiError::invalid("next_wakeup_at", "goes only with status WAITING and WAITING_FOR_TIME"));
+    }
+    if crate::intent::parse_ms(&wake_at).is_none() {
+        return Err(ApiError::invalid("next_wakeup_at", "must be an RFC 3339 date-time"));
+    }
+    details["next_wakeup_at"] = Value::String(wake_at);
+    Ok(())
 }
 
 /// The handler hands the intent to another address: on this node, or on another org's node

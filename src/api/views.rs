@@ -33,6 +33,8 @@ pub fn intent(stored: &StoredIntent) -> Value {
         "controls": record.controls(),
         "grants": record.grants(),
         "envelope": record.envelope(),
+        "remind_count": record.remind_count(),
+        "next_wakeup_at": record.next_wakeup_ms().and_then(rfc3339_of_ms),
     });
     if let Value::Object(map) = &mut view {
         for (name, value) in &record.options {
@@ -83,4 +85,10 @@ pub fn delivery(stored: &StoredIntent) -> Value {
 /// The SSE event name of a delivery or event frame.
 pub fn frame_name(status: Status) -> String {
     format!("intent.{}", status.as_str().to_ascii_lowercase())
+}
+
+/// RFC 3339 (UTC, milliseconds) of a unix ms instant.
+fn rfc3339_of_ms(ms: u64) -> Option<String> {
+    let at = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)?;
+    Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

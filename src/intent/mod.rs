@@ -9,8 +9,12 @@ mod event;
 mod lifecycle;
 mod record;
 mod status;
+mod timers;
 
 pub use event::{EventType, LifecycleEvent};
 pub use lifecycle::{LifecycleError, check_transition};
+#[cfg(test)]
+pub(crate) use record::sample;
 pub use record::{IntentRecord, NewIntent, PolicyUpdate, ResolveOutcome, ResumeOutcome};
 pub use status::{Status, WaitingReason};
+pub use timers::{DEFAULT_MAX_REMINDERS, Fired, TIMER_ACTOR, Timer, TimerKind, TimerState, parse_ms};

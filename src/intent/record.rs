@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::lifecycle::check_waiting_reason;
+use super::timers::TimerState;
 use super::{EventType, LifecycleError, LifecycleEvent, Status, WaitingReason, check_transition};
 
 /// What a caller asks for when creating an intent, already validated.
@@ -48,6 +49,9 @@ pub struct IntentRecord {
     /// Set by a transfer until the new handler acts: the intent is offered to it again.
     #[serde(default)]
     handed_over: bool,
+    /// What the timers remember (`crate::intent::timers`), folded from the events.
+    #[serde(default, skip_serializing_if = "TimerState::is_empty")]
+    pub(super) timer_state: TimerState,
 }
 
 /// The terminal outcome a resolve asks for.
@@ -99,6 +103,7 @@ impl IntentRecord {
             grants: Map::new(),
             envelope: Map::new(),
             handed_over: false,
+            timer_state: TimerState::default(),
         };
         let created = record.event(EventType::Created, Some(actor), at, json!({}));
         let submitted = record
@@ -157,7 +162,7 @@ impl IntentRecord {
         self.handed_over = false;
         self.seq += 1;
         self.updated_at = at.to_owned();
-        Ok(self.event(EventType::entering(to), actor, at, details))
+        Ok(self.observed(self.event(EventType::entering(to), actor, at, details)))
     }
 
     /// Records an event that does not change the status (`intent.delivery_failed`,
@@ -174,7 +179,7 @@ impl IntentRecord {
         }
         self.seq += 1;
         self.updated_at = at.to_owned();
-        Ok(self.event(event_type, actor, at, details))
+        Ok(self.observed(self.event(event_type, actor, at, details)))
     }
 
     /// Hands the intent to another handler (`intent.transfer`). The status stays; the new
@@ -197,7 +202,7 @@ impl IntentRecord {
         self.handed_over = true;
         self.seq += 1;
         self.updated_at = at.to_owned();
-        Ok(self.event(EventType::Transfer, actor, at, details))
+        Ok(self.observed(self.event(EventType::Transfer, actor, at, details)))
     }
 
     /// Ends the intent. COMPLETED is legal only from IN_PROGRESS, so a resolve from an earlier
@@ -249,7 +254,9 @@ impl IntentRecord {
             return Ok(ResumeOutcome { applied: true, reason: None, events: vec![event] });
         }
         if self.status == Status::InProgress {
-            return Ok(ResumeOutcome { applied: false, reason: Some("already_in_progress"), events: vec![] });
+            // Meant for a wait that has not started yet: kept, and applied when it starts.
+            let reason = if self.timer_state.keep_wake_up(details) { "wake_up_kept" } else { "already_in_progress" };
+            return Ok(ResumeOutcome { applied: false, reason: Some(reason), events: vec![] });
         }
         let event = self.transition(Status::InProgress, None, actor, details, at)?;
         Ok(ResumeOutcome { applied: true, reason: None, events: vec![event] })
@@ -312,6 +319,7 @@ impl IntentRecord {
         if let Some(handler) = &event.handler {
             self.handler = handler.clone();
         }
+        self.timer_state.observe(event);
         match event.status {
             Status::Completed => self.result = event.details.get("result").cloned(),
             Status::Failed => self.error = event.details.get("error").cloned(),
@@ -324,6 +332,12 @@ impl IntentRecord {
     /// or it was transferred and the new handler has not acted on it.
     pub fn awaits_pickup(&self) -> bool {
         self.handed_over || matches!(self.status, Status::Submitted | Status::Delivered)
+    }
+
+    /// Lets the timer state see an event this record just appended.
+    fn observed(&mut self, event: LifecycleEvent) -> LifecycleEvent {
+        self.timer_state.observe(&event);
+        event
     }
 
     fn event(&self, event_type: EventType, actor: Option<&str>, at: &str, details: Value) -> LifecycleEvent {
@@ -364,6 +378,21 @@ fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
+/// A submitted intent from `agent://acme/a` to `agent://acme/b`, for unit tests.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, options: Map<String, Value>, at: &str) -> (IntentRecord, Vec<LifecycleEvent>) {
+    let new = NewIntent {
+        intent_type: "intent.demo.v1".into(),
+        correlation_id: "c".into(),
+        from_agent: "agent://acme/a".into(),
+        to_agent: "agent://acme/b".into(),
+        reply_to: None,
+        payload: json!({"x": 1}),
+        options,
+    };
+    IntentRecord::submit(new, id.to_owned(), "agent://acme/a", at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,16 +400,7 @@ mod tests {
     const AT: &str = "2026-11-26T12:00:00.000000Z";
 
     fn submitted() -> IntentRecord {
-        let new = NewIntent {
-            intent_type: "intent.demo.v1".into(),
-            correlation_id: "c".into(),
-            from_agent: "agent://acme/a".into(),
-            to_agent: "agent://acme/b".into(),
-            reply_to: None,
-            payload: json!({"x": 1}),
-            options: Map::new(),
-        };
-        let (record, events) = IntentRecord::submit(new, "id-1".into(), "agent://acme/a", AT);
+        let (record, events) = sample("id-1", Map::new(), AT);
         assert_eq!(
             events.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(),
             [(1, Status::Created), (2, Status::Submitted)]
@@ -424,7 +444,9 @@ mod tests {
         assert!(first.applied);
         assert_eq!(record.status(), Status::InProgress);
         let second = record.resume(true, json!({}), None, AT).unwrap();
-        assert_eq!((second.applied, second.reason), (false, Some("already_in_progress")));
+        assert_eq!((second.applied, second.reason), (false, Some("wake_up_kept")));
+        let third = record.resume(true, json!({}), None, AT).unwrap();
+        assert_eq!((third.applied, third.reason), (false, Some("already_in_progress")));
         let refused = record.resume(false, json!({}), None, AT).unwrap();
         assert_eq!(refused.events[0].status, Status::Canceled);
     }

@@ -291,7 +291,7 @@ impl Txn<'_> {
         }
         self.put_json(intent_key(id), stored);
         self.notify_intent(&stored.record.intent_id);
-        Ok(())
+        self.schedule_timers(id, stored)
     }
 
     pub fn set_lease(&mut self, id: Uuid, until_ms: u64) {

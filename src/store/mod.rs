@@ -31,6 +31,8 @@
 //! | `ws/` | subscription id | webhook subscription |
 //! | `wo/` | owner address, 0, subscription id | nothing: an owner's subscriptions |
 //! | `we/` | event id | published webhook event |
+//! | `tq/` | due (unix ms BE), intent id, kind tag (u8), n (u32 BE) | nothing: schedule of intent timers |
+//! | `ti/` | intent id | the intent's timers now in `tq/` |
 
 mod agents;
 mod deliveries;
@@ -39,6 +41,7 @@ mod intents;
 mod keys;
 mod outbox;
 mod registry;
+mod timers;
 mod txn;
 mod webhooks;
 mod writer;
@@ -54,6 +57,7 @@ pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus, Subje
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
+pub use timers::DueTimer;
 pub use txn::{CommitNotice, Txn};
 pub use webhooks::{Subscription, WebhookEvent};
 use writer::Job;

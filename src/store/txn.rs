@@ -17,6 +17,8 @@ pub struct CommitNotice {
     pub outbox: bool,
     /// A push delivery was scheduled or changed.
     pub deliveries: bool,
+    /// The timer schedule changed.
+    pub timers: bool,
 }
 
 pub struct Txn<'a> {
@@ -86,6 +88,10 @@ impl<'a> Txn<'a> {
         self.job_notice.deliveries = true;
     }
 
+    pub fn notify_timers(&mut self) {
+        self.job_notice.timers = true;
+    }
+
     pub fn notify_agent(&mut self, address: &str) {
         self.job_notice.agents.insert(address.to_owned());
     }
@@ -96,6 +102,7 @@ impl<'a> Txn<'a> {
         self.notice.agents.append(&mut self.job_notice.agents);
         self.notice.outbox |= self.job_notice.outbox;
         self.notice.deliveries |= self.job_notice.deliveries;
+        self.notice.timers |= self.job_notice.timers;
     }
 
     pub(super) fn discard_job(&mut self) {

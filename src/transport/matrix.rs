@@ -678,8 +678,8 @@ async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Resu
             }
         };
         match outcome {
-            Ok(events) if !events.is_empty() => txn.update_intent(stored, &events),
-            Ok(_) => Ok(()),
+            // Saved even without events: a resume may have been kept for the next wait.
+            Ok(events) => txn.update_intent(stored, &events),
             Err(error) => {
                 tracing::info!(%error, intent_id = %stored.record.intent_id, "initiator's request not applied");
                 Ok(())
