@@ -149,7 +149,7 @@ async fn waiting_needs_a_reason_and_returns_to_in_progress() {
     assert_eq!((body["applied"].as_bool(), body["intent"]["status"].as_str()), (Some(true), Some("IN_PROGRESS")));
     assert_eq!(body["intent"]["waiting_reason"], Value::Null);
     let (_, again) = api.post(&format!("/v1/intents/{id}/resume"), json!({})).await;
-    assert_eq!((again["applied"].as_bool(), again["reason"].as_str()), (Some(false), Some("wake_up_kept")));
+    assert_eq!((again["applied"].as_bool(), again["reason"].as_str()), (Some(false), Some("already_in_progress")));
     let events = api.events(&id).await;
     assert_gapless(&events);
     assert_eq!(events[2]["waiting_reason"], "WAITING_FOR_HUMAN");

@@ -49,6 +49,10 @@ pub struct IntentRecord {
     /// Set by a transfer until the new handler acts: the intent is offered to it again.
     #[serde(default)]
     handed_over: bool,
+    /// The current IN_PROGRESS began with an approving resume: a second resume is a repeat of
+    /// that one, not a wake-up for a wait still to come.
+    #[serde(default)]
+    resumed: bool,
     /// What the timers remember (`crate::intent::timers`), folded from the events.
     #[serde(default, skip_serializing_if = "TimerState::is_empty")]
     pub(super) timer_state: TimerState,
@@ -103,6 +107,7 @@ impl IntentRecord {
             grants: Map::new(),
             envelope: Map::new(),
             handed_over: false,
+            resumed: false,
             timer_state: TimerState::default(),
         };
         let created = record.event(EventType::Created, Some(actor), at, json!({}));
@@ -160,6 +165,7 @@ impl IntentRecord {
         self.status = to;
         self.waiting_reason = waiting_reason;
         self.handed_over = false;
+        self.resumed = false;
         self.seq += 1;
         self.updated_at = at.to_owned();
         Ok(self.observed(self.event(EventType::entering(to), actor, at, details)))
@@ -254,11 +260,14 @@ impl IntentRecord {
             return Ok(ResumeOutcome { applied: true, reason: None, events: vec![event] });
         }
         if self.status == Status::InProgress {
-            // Meant for a wait that has not started yet: kept, and applied when it starts.
-            let reason = if self.timer_state.keep_wake_up(details) { "wake_up_kept" } else { "already_in_progress" };
+            // Meant for a wait that has not started yet: kept, and applied when it starts. A
+            // repeat of the resume that began this IN_PROGRESS is not.
+            let kept = !self.resumed && self.timer_state.keep_wake_up(details);
+            let reason = if kept { "wake_up_kept" } else { "already_in_progress" };
             return Ok(ResumeOutcome { applied: false, reason: Some(reason), events: vec![] });
         }
         let event = self.transition(Status::InProgress, None, actor, details, at)?;
+        self.resumed = true;
         Ok(ResumeOutcome { applied: true, reason: None, events: vec![event] })
     }
 
@@ -313,6 +322,8 @@ impl IntentRecord {
             self.handed_over = true;
         } else if event.event_type == EventType::entering(event.status) {
             self.handed_over = false;
+            self.resumed =
+                event.status == Status::InProgress && event.details.get("resumed") == Some(&Value::Bool(true));
         }
         self.seq = event.seq;
         self.updated_at = event.at.clone();
@@ -444,9 +455,13 @@ mod tests {
         assert!(first.applied);
         assert_eq!(record.status(), Status::InProgress);
         let second = record.resume(true, json!({}), None, AT).unwrap();
-        assert_eq!((second.applied, second.reason), (false, Some("wake_up_kept")));
-        let third = record.resume(true, json!({}), None, AT).unwrap();
-        assert_eq!((third.applied, third.reason), (false, Some("already_in_progress")));
+        assert_eq!((second.applied, second.reason), (false, Some("already_in_progress")), "a repeated resume");
+        record.transition(Status::Waiting, Some(WaitingReason::WaitingForTool), None, json!({}), AT).unwrap();
+        record.transition(Status::InProgress, None, Some("tool"), json!({}), AT).unwrap();
+        let early = record.resume(true, json!({}), None, AT).unwrap();
+        assert_eq!((early.applied, early.reason), (false, Some("wake_up_kept")), "for a wait still to come");
+        let again = record.resume(true, json!({}), None, AT).unwrap();
+        assert_eq!((again.applied, again.reason), (false, Some("already_in_progress")), "one is kept at a time");
         let refused = record.resume(false, json!({}), None, AT).unwrap();
         assert_eq!(refused.events[0].status, Status::Canceled);
     }
