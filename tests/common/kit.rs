@@ -101,7 +101,14 @@ impl Node {
 
 impl Kit {
     /// Brings up both homeservers on a port block of its own, provisions and starts both nodes.
+    /// The tests' blocks start at 18100, 50 or more apart; `AXP_TEST_PORTS=N` moves them to
+    /// N + (block - 18100) / 2 (each kit needs 22 ports), so that test runs in several
+    /// worktrees on one machine do not collide.
     pub fn up(base_port: u16) -> Arc<Kit> {
+        let base_port = match std::env::var("AXP_TEST_PORTS") {
+            Ok(first) => first.parse::<u16>().expect("AXP_TEST_PORTS is a port") + (base_port - 18100) / 2,
+            Err(_) => base_port,
+        };
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(repo().join("federation/up"))
