@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
@@ -31,9 +31,10 @@ use matrix_sdk_base::crypto::CollectStrategy;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::batch;
 use super::wire::{
     CONTROL_EVENT, ControlAction, ControlItem, INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem,
-    NodeRef, ROUTE_EVENT, RouteState, TRANSFER_EVENT, TransferItem, group_items,
+    NodeRef, ROUTE_EVENT, RouteState, TRANSFER_EVENT, TransferItem,
 };
 use crate::config::{Config, MatrixSection};
 use crate::intent::{EventType, LifecycleError, ResolveOutcome};
@@ -690,46 +691,79 @@ async fn apply_controls(shared: &Shared, peer: &NodeRef, content: Value) -> Resu
     for_linked_intents(shared, peer, roles, CONTROL_EVENT, content, apply).await
 }
 
-/// Drains the outbox: groups entries bound for the same room into one event, sends it with a
-/// transaction id derived from the entries (a retry after a crash does not duplicate it), and
-/// deletes the entries once the homeserver accepted the event.
+/// How long a batch holding nothing but news of intents whose handler is at work
+/// (`batch::holdable`, e.g. `delivered`) may wait for what follows: an agent that answers at
+/// once then has its `completed` in the same Matrix event, one send and one federation
+/// transaction instead of two in a row.
+const HOLD: Duration = Duration::from_millis(20);
+
+/// What one pass over the outbox did.
+enum Pass {
+    /// The outbox is empty.
+    Empty,
+    /// Entries went out; there may be more.
+    Sent,
+    /// Everything waiting may wait until then (see [`HOLD`]).
+    HeldUntil(Instant),
+}
+
+/// Drains the outbox: groups entries bound for the same room into as few events as fit (see
+/// `batch`), sends each with a transaction id derived from the entries (a retry after a crash
+/// does not duplicate it), and deletes the entries once the homeserver accepted the event.
 async fn send_loop(client: Client, shared: Arc<Shared>) {
     let mut notices = shared.store.subscribe();
     let mut backoff = Duration::from_millis(200);
+    let mut hold_since = None;
     loop {
-        match send_pending(&client, &shared).await {
-            Ok(0) => {
+        let wake_at = match send_pending(&client, &shared, &mut hold_since).await {
+            Ok(Pass::Sent) => {
                 backoff = Duration::from_millis(200);
-                // Wait for new entries; a periodic wake-up covers lost notices.
-                let wait = async {
-                    loop {
-                        match notices.recv().await {
-                            Ok(notice) if notice.outbox => return,
-                            Ok(_) => continue,
-                            Err(_) => return,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+                continue;
             }
-            Ok(_) => backoff = Duration::from_millis(200),
+            // A periodic wake-up covers lost notices.
+            Ok(Pass::Empty) => Instant::now() + Duration::from_secs(1),
+            Ok(Pass::HeldUntil(deadline)) => deadline,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "sending to a peer node failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
-        }
+        };
+        backoff = Duration::from_millis(200);
+        // Wait for new entries, or the deadline.
+        let wait = async {
+            loop {
+                match notices.recv().await {
+                    Ok(notice) if notice.outbox => return,
+                    Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(wake_at.into(), wait).await;
     }
 }
 
-/// Sends what the outbox holds now; returns how many entries went out.
-async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, TransportError> {
+/// Sends what the outbox holds now, unless all of it may be held a little longer.
+async fn send_pending(
+    client: &Client,
+    shared: &Shared,
+    hold_since: &mut Option<Instant>,
+) -> Result<Pass, TransportError> {
     let entries = shared.store.outbox(512)?;
     if entries.is_empty() {
-        return Ok(0);
+        *hold_since = None;
+        return Ok(Pass::Empty);
     }
+    if entries.iter().all(|(_, entry)| entry.kind == OutboxKind::Lifecycle && batch::holdable(&entry.item)) {
+        let since = *hold_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HOLD {
+            return Ok(Pass::HeldUntil(since + HOLD));
+        }
+    }
+    *hold_since = None;
     // Consecutive entries for the same room and kind travel together.
-    let mut sent = 0;
     let mut start = 0;
     while start < entries.len() {
         let first = &entries[start].1;
@@ -745,8 +779,10 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
         let run = &entries[start..end];
         let room = route_room(client, shared, first).await?;
         ensure_trusted(client, shared, &first.peer).await?;
-        let (groups, oversize) = group_items(run.iter().map(|(_, entry)| entry.item.clone()).collect());
-        for item in oversize {
+        let items: Vec<Value> = run.iter().map(|(_, entry)| entry.item.clone()).collect();
+        let items = if first.kind == OutboxKind::Lifecycle { batch::merge_lifecycle(items) } else { items };
+        let packed = batch::pack(items);
+        for item in packed.oversize {
             tracing::error!(intent = ?item.get("intent_id"), "an outbox item is larger than a Matrix event; dropped");
         }
         let event_type = match first.kind {
@@ -756,18 +792,16 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
             OutboxKind::Transfer => TRANSFER_EVENT,
         };
         let first_seq = run[0].0;
-        for (index, group) in groups.into_iter().enumerate() {
+        for (index, (content, items)) in packed.events.into_iter().enumerate() {
+            // The run (its first seq and length) fixes the items and `batch::pack` is
+            // deterministic, so a retry after a crash yields the same events and ids. "p2" keeps
+            // these ids apart from those of the earlier, uncompressed grouping.
             let txn_id: OwnedTransactionId =
-                format!("axp-{}-{first_seq}-{}-{index}", shared.local.node, run.len()).into();
-            let items = group.len();
-            room.send_raw(event_type, json!({"items": group}))
-                .with_transaction_id(&txn_id)
-                .await
-                .map_err(matrix_error)?;
-            tracing::debug!(event_type, items, room_id = %room.room_id(), "sent to peer node");
+                format!("axp-{}-{first_seq}-{}-p2-{index}", shared.local.node, run.len()).into();
+            room.send_raw(event_type, content).with_transaction_id(&txn_id).await.map_err(matrix_error)?;
+            tracing::debug!(event_type, items, entries = run.len(), room_id = %room.room_id(), "sent to peer node");
         }
         let seqs: Vec<u64> = run.iter().map(|(seq, _)| *seq).collect();
-        sent += seqs.len();
         shared
             .store
             .write(move |txn| -> Result<(), StoreError> {
@@ -779,7 +813,7 @@ async fn send_pending(client: &Client, shared: &Shared) -> Result<usize, Transpo
             .await?;
         start = end;
     }
-    Ok(sent)
+    Ok(Pass::Sent)
 }
 
 /// The room for an outbox entry: named in the entry, remembered, or created now.

@@ -6,6 +6,7 @@
 //! trip that `axp bench federation` compares the transport with. The store's outbox is written in the same
 //! batch as the change that causes a send; this module only drains it.
 
+pub mod batch;
 pub mod floor;
 pub mod matrix;
 pub mod wire;

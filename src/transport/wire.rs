@@ -10,7 +10,8 @@
 //!   where an intent's owner is (the old owner tells it with `intent.transfer`).
 //!
 //! Each message event carries `items`, so that several intents or events bound for the same
-//! room can share one Matrix event under load. Every event is end-to-end encrypted on the wire.
+//! room can share one Matrix event under load, either as plain JSON or compressed (the two
+//! forms are specified in `batch`). Every event is end-to-end encrypted on the wire.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +102,10 @@ impl ControlItem {
     }
 }
 
+/// The items of a message event. Senders build the content with `batch::pack`, which may
+/// compress it; receivers read either form (`batch::EncodedItems`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "super::batch::EncodedItems", bound(deserialize = "T: serde::de::DeserializeOwned"))]
 pub struct Items<T> {
     pub items: Vec<T>,
 }
@@ -183,32 +187,6 @@ impl TransferItem {
     }
 }
 
-/// Splits serialised items into groups whose encoded `{"items": [...]}` stays under
-/// `MAX_EVENT_CONTENT_BYTES`. An item that cannot fit alone is returned apart.
-pub fn group_items(items: Vec<serde_json::Value>) -> (Vec<Vec<serde_json::Value>>, Vec<serde_json::Value>) {
-    let mut groups: Vec<Vec<serde_json::Value>> = Vec::new();
-    let mut oversize = Vec::new();
-    let mut size = 0;
-    for item in items {
-        let item_size = serde_json::to_vec(&item).map_or(usize::MAX, |bytes| bytes.len()) + 1;
-        if item_size + 16 > MAX_EVENT_CONTENT_BYTES {
-            oversize.push(item);
-            continue;
-        }
-        match groups.last_mut() {
-            Some(group) if size + item_size + 16 <= MAX_EVENT_CONTENT_BYTES => {
-                size += item_size;
-                group.push(item);
-            }
-            _ => {
-                size = item_size;
-                groups.push(vec![item]);
-            }
-        }
-    }
-    (groups, oversize)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Map, json};
@@ -281,21 +259,5 @@ mod tests {
         assert_eq!(serde_json::from_value::<ControlItem>(wire).unwrap(), resend);
         let wire = serde_json::to_value(control("x")).unwrap();
         assert_eq!(wire, json!({"request_id": "q", "intent_id": "i", "actor": "x", "action": "cancel", "reason": "r"}));
-    }
-
-    #[test]
-    fn items_are_grouped_under_the_event_size_limit() {
-        let small = json!({"x": "y".repeat(1000)});
-        let huge = json!({"x": "y".repeat(MAX_EVENT_CONTENT_BYTES)});
-        let mut items = vec![small.clone(); 100];
-        items.insert(3, huge.clone());
-        let (groups, oversize) = group_items(items);
-        assert_eq!(oversize, vec![huge]);
-        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 100);
-        for group in &groups {
-            let encoded = serde_json::to_vec(&json!({"items": group})).unwrap();
-            assert!(encoded.len() <= MAX_EVENT_CONTENT_BYTES, "{}", encoded.len());
-        }
-        assert!(groups.len() >= 3, "100 KB of items need several events");
     }
 }
