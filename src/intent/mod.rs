@@ -13,4 +13,4 @@ mod status;
 pub use event::{EventType, LifecycleEvent};
 pub use lifecycle::{LifecycleError, check_transition};
 pub use record::{IntentRecord, NewIntent, PolicyUpdate, ResolveOutcome, ResumeOutcome};
-pub use status::{Status, WaitingReason};
+pub use status::{Status, UnknownName, WaitingReason};
