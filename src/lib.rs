@@ -4,6 +4,7 @@
 //! A tour of the crate:
 //! - [`address`]: agent address syntax.
 //! - [`intent`]: the lifecycle domain (statuses, transitions, events, the intent record), no I/O.
+//! - [`inbox`]: inbox threads, the owner's view of an intent and its outcome, no I/O.
 //! - [`auth`]: API keys and address authority, no I/O.
 //! - [`registry`]: signed org records and route resolution, pure; [`routing`]: the node's
 //!   copy of the registry and its reloads.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod inbox;
 pub mod intent;
 pub mod node;
 pub mod registry;

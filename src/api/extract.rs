@@ -83,9 +83,9 @@ impl Caller {
         AgentAddress::parse(intent.handler()).is_ok_and(|address| self.may_act_for(&address))
     }
 
-    /// Who the caller says it acts as (`owner_agent` query or `x-owner-agent` header), checked
-    /// against its grants; without one, its default address or its key id.
-    pub fn actor(&self, headers: &HeaderMap, query_owner: Option<&str>) -> ApiResult<String> {
+    /// The address the caller names as the one it acts for (`owner_agent` query or
+    /// `x-owner-agent` header; both must agree), checked against its grants; None if it names none.
+    pub fn owner(&self, headers: &HeaderMap, query_owner: Option<&str>) -> ApiResult<Option<AgentAddress>> {
         let header_owner = headers.get("x-owner-agent").map(|value| value.to_str().unwrap_or_default());
         let owner = match (query_owner, header_owner) {
             (Some(query), Some(header)) if query != header => {
@@ -96,17 +96,19 @@ impl Caller {
             }
             (query, header) => query.or(header),
         };
+        let Some(raw) = owner else { return Ok(None) };
+        let address = AgentAddress::parse(raw).map_err(|error| ApiError::invalid("owner_agent", error))?;
+        self.require("owner_agent", &address)?;
+        Ok(Some(address))
+    }
+
+    /// Who the caller acts as: the owner it names, else its default address, else its key id.
+    pub fn actor(&self, owner: Option<&AgentAddress>) -> String {
         match owner {
-            Some(raw) => {
-                let address = AgentAddress::parse(raw).map_err(|error| ApiError::invalid("owner_agent", error))?;
-                self.require("owner_agent", &address)?;
-                Ok(address.to_string())
+            Some(address) => address.to_string(),
+            None => {
+                self.key.default_agent().map(|a| a.to_string()).unwrap_or_else(|| format!("key:{}", self.key.key_id))
             }
-            None => Ok(self
-                .key
-                .default_agent()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| format!("key:{}", self.key.key_id))),
         }
     }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Fields, JsonBody};
+use super::inbox;
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
@@ -37,7 +38,7 @@ const INTENT_OPTIONS: [&str; 8] = [
 ];
 
 /// A keyed request's identity and body fingerprint, checked and recorded inside the write.
-struct Idempotency {
+pub(super) struct Idempotency {
     scope: IdempotencyScope,
     body_hash: String,
     expired_before_ms: u64,
@@ -69,7 +70,7 @@ impl Idempotency {
 }
 
 /// Runs `change` unless the same keyed request was already answered, and records its answer.
-fn once(
+pub(super) fn once(
     txn: &mut Txn,
     idempotency: Option<Idempotency>,
     change: impl FnOnce(&mut Txn) -> ApiResult<Value>,
@@ -104,7 +105,7 @@ fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult
 }
 
 /// The `after` of an operation that needs nothing beyond its change.
-fn nothing_after(_: &mut Txn, _: &mut StoredIntent, _: &[LifecycleEvent]) -> ApiResult<()> {
+fn nothing_after(_: &mut Txn, _: &mut StoredIntent, _: &[LifecycleEvent], _: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
@@ -197,6 +198,14 @@ fn parse_create(
     let reply_to = fields.address("reply_to")?;
     if let Some(reply_to) = &reply_to {
         caller.require("reply_to", reply_to)?;
+        // The outcome goes to an inbox thread on this node, so the address must be one of its own.
+        if !state.routing().is_local(reply_to) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reply_to_not_local",
+                format!("reply_to: {reply_to} is not served by this node, which keeps the inbox the outcome goes to"),
+            ));
+        }
     }
     let payload =
         fields.object("payload")?.ok_or_else(|| ApiError::invalid("payload", "is required (a JSON object)"))?;
@@ -346,15 +355,19 @@ pub struct OwnerQuery {
     owner_agent: Option<String>,
 }
 
-/// What every operation on one intent (`POST /v1/intents/{id}/<operation>`) reads first: the
-/// caller and the address it acts as (`owner_agent` query or `x-owner-agent` header), the intent
-/// id, the body's fields, and the idempotency key scoped to the operation.
+/// What every operation on one intent (`POST /v1/intents/{id}/<operation>`) or inbox thread
+/// (`POST /v1/inbox/{thread_id}/<operation>`) reads first: the caller and the address it acts
+/// as (`owner_agent` query or `x-owner-agent` header), the id, the body's fields, and the
+/// idempotency key scoped to the operation.
 pub struct IntentCall {
-    caller: Caller,
-    actor: String,
-    id: String,
-    idempotency: Option<Idempotency>,
-    fields: Fields,
+    pub(super) caller: Caller,
+    pub(super) actor: String,
+    /// The address named by `owner_agent` / `x-owner-agent`, if any (`actor` falls back to the
+    /// key's default address).
+    pub(super) owner: Option<AgentAddress>,
+    pub(super) id: String,
+    pub(super) idempotency: Option<Idempotency>,
+    pub(super) fields: Fields,
 }
 
 impl FromRequest<AppState> for IntentCall {
@@ -369,19 +382,21 @@ impl FromRequest<AppState> for IntentCall {
         let Query(query) = Query::<OwnerQuery>::from_request_parts(&mut parts, state)
             .await
             .map_err(|error| ApiError::bad_request("invalid_query", error.body_text()))?;
-        let actor = caller.actor(&parts.headers, query.owner_agent.as_deref())?;
+        let owner = caller.owner(&parts.headers, query.owner_agent.as_deref())?;
+        let actor = caller.actor(owner.as_ref());
         let endpoint = format!("POST {}", parts.uri.path());
         let headers = parts.headers.clone();
         let JsonBody(body) = JsonBody::from_request(Request::from_parts(parts, body), state).await?;
         let idempotency = Idempotency::from_request(state, &caller, &headers, &endpoint, &body)?;
-        Ok(IntentCall { caller, actor, id, idempotency, fields: Fields::new(body) })
+        Ok(IntentCall { caller, actor, owner, id, idempotency, fields: Fields::new(body) })
     }
 }
 
 /// Common shape of the intent operations: load, authorise and change the intent inside one
 /// write, persisting the events the change appended. `change` returns the answer and those events.
 ///
-/// Then `after` runs in the same write, once the change and its events are stored.
+/// Then `after` runs in the same write, once the change and its events are stored; it may
+/// add to the answer.
 ///
 /// On a replica (the handler's node owns the log) nothing changes here: a request the owner
 /// can sequence (`forward`) is queued for it as a control event, anything else is refused.
@@ -392,7 +407,7 @@ async fn operate(
     idempotency: Option<Idempotency>,
     forward: Option<ControlItem>,
     change: impl FnOnce(&Caller, &mut StoredIntent) -> ApiResult<(Value, Vec<LifecycleEvent>)> + Send + 'static,
-    after: impl FnOnce(&mut Txn, &mut StoredIntent, &[LifecycleEvent]) -> ApiResult<()> + Send + 'static,
+    after: impl FnOnce(&mut Txn, &mut StoredIntent, &[LifecycleEvent], &mut Value) -> ApiResult<()> + Send + 'static,
 ) -> ApiResult<Json<Value>> {
     let id = parse_intent_id(id)?;
     let answer = state
@@ -404,31 +419,12 @@ async fn operate(
                     return Err(transferred_away(&stored));
                 }
                 if stored.is_replica() {
-                    let Some(mut control) = forward else { return Err(owned_elsewhere(&stored)) };
-                    if stored.record.status().is_terminal() {
-                        return Err(LifecycleError::Terminal { status: stored.record.status() }.into());
-                    }
-                    let link = stored.link.as_ref().expect("a replica has a link");
-                    control.intent_id = stored.record.intent_id.clone();
-                    txn.enqueue(&OutboxEntry {
-                        peer: link.peer.clone(),
-                        address: stored.record.handler().to_owned(),
-                        room_id: None,
-                        kind: OutboxKind::Control,
-                        item: serde_json::to_value(&control).expect("controls serialise"),
-                    })?;
-                    return Ok(json!({
-                        "ok": true,
-                        "applied": false,
-                        "forwarded": true,
-                        "reason": "forwarded_to_owner",
-                        "owner": link.peer.node,
-                        "intent": views::intent(&stored),
-                    }));
+                    let Some(control) = forward else { return Err(owned_elsewhere(&stored)) };
+                    return forward_to_owner(txn, &stored, control);
                 }
-                let (answer, events) = change(&caller, &mut stored)?;
+                let (mut answer, events) = change(&caller, &mut stored)?;
                 txn.update_intent(&stored, &events)?;
-                after(txn, &mut stored, &events)?;
+                after(txn, &mut stored, &events, &mut answer)?;
                 Ok(answer)
             })
         })
@@ -436,8 +432,33 @@ async fn operate(
     Ok(Json(answer))
 }
 
+/// Queues a request for a replica's owner (the handler's node), which sequences it; the
+/// resulting events reach this node's replica later. Answers `{applied: false, forwarded: true}`.
+pub(super) fn forward_to_owner(txn: &mut Txn, stored: &StoredIntent, mut control: ControlItem) -> ApiResult<Value> {
+    if stored.record.status().is_terminal() {
+        return Err(LifecycleError::Terminal { status: stored.record.status() }.into());
+    }
+    let link = stored.link.as_ref().expect("a replica has a link");
+    control.intent_id = stored.record.intent_id.clone();
+    txn.enqueue(&OutboxEntry {
+        peer: link.peer.clone(),
+        address: stored.record.handler().to_owned(),
+        room_id: None,
+        kind: OutboxKind::Control,
+        item: serde_json::to_value(&control).expect("controls serialise"),
+    })?;
+    Ok(json!({
+        "ok": true,
+        "applied": false,
+        "forwarded": true,
+        "reason": "forwarded_to_owner",
+        "owner": link.peer.node,
+        "intent": views::intent(stored),
+    }))
+}
+
 pub async fn resolve(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     let outcome = match status {
@@ -480,31 +501,41 @@ pub async fn resolve(State(state): State<AppState>, call: IntentCall) -> ApiResu
         }),
         _ => None,
     };
-    operate(&state, caller, &id, idempotency, forward, move |caller, stored| {
-        if !matches!(outcome, ResolveOutcome::Canceled { .. }) {
-            require_handler(caller, stored, "complete or fail this intent")?;
-        }
-        if let Some(expected) = expected_generation
-            && expected != stored.record.policy_generation()
-        {
-            return Ok((stale(stored), vec![]));
-        }
-        let events = stored.record.resolve(outcome, Some(&actor), &now_rfc3339())?;
-        let last = events.last().map(views::event).unwrap_or(Value::Null);
-        let mut event = last;
-        event["pending_with"] = Value::Null;
-        let completion_delivery = stored.record.reply_to.as_ref().map(|reply_to| {
-            json!({"delivered": false, "reply_to": reply_to, "reason": "inbox delivery of outcomes is not available on this node yet"})
-        });
-        let answer = json!({
-            "ok": true,
-            "applied": true,
-            "intent": views::intent(stored),
-            "event": event,
-            "completion_delivery": completion_delivery,
-        });
-        Ok((answer, events))
-    }, nothing_after)
+    operate(
+        &state,
+        caller,
+        &id,
+        idempotency,
+        forward,
+        move |caller, stored| {
+            if !matches!(outcome, ResolveOutcome::Canceled { .. }) {
+                require_handler(caller, stored, "complete or fail this intent")?;
+            }
+            if let Some(expected) = expected_generation
+                && expected != stored.record.policy_generation()
+            {
+                return Ok((stale(stored), vec![]));
+            }
+            let events = stored.record.resolve(outcome, Some(&actor), &now_rfc3339())?;
+            let last = events.last().map(views::event).unwrap_or(Value::Null);
+            let mut event = last;
+            event["pending_with"] = Value::Null;
+            let answer = json!({
+                "ok": true,
+                "applied": true,
+                "intent": views::intent(stored),
+                "event": event,
+                "completion_delivery": null,
+            });
+            Ok((answer, events))
+        },
+        |txn, stored, _events, answer| {
+            if answer["applied"] == true {
+                answer["completion_delivery"] = inbox::completion_delivery(txn, stored)?;
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -513,7 +544,7 @@ fn stale(stored: &StoredIntent) -> Value {
 }
 
 pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let approve = fields.boolean("approve_current_step")?.unwrap_or(true);
     let reason = fields.string("reason")?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
@@ -629,7 +660,7 @@ fn policy_answer(update: crate::intent::PolicyUpdate) -> Value {
 /// The handler reports progress: ACKNOWLEDGED, IN_PROGRESS, or WAITING with a reason.
 /// Terminal outcomes go through `resolve`; DELIVERED is recorded by the node itself.
 pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     if !matches!(status, Status::Acknowledged | Status::InProgress | Status::Waiting) {
@@ -687,7 +718,7 @@ fn wake_time(fields: &mut Fields, details: &mut Value, reason: Option<WaitingRea
 /// (which then sequences the rest of the log). The status stays; the new handler is offered
 /// the intent as if it had just arrived.
 pub async fn transfer(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let to_agent = fields
         .address("to_agent")?
         .ok_or_else(|| ApiError::invalid("to_agent", "is required: the agent address that takes the intent over"))?;
@@ -704,7 +735,7 @@ pub async fn transfer(State(state): State<AppState>, call: IntentCall) -> ApiRes
             json!({"ok": true, "applied": true, "intent": views::intent(stored), "event": views::event(&event)});
         Ok((answer, vec![event]))
     };
-    let after = move |txn: &mut Txn, stored: &mut StoredIntent, events: &[LifecycleEvent]| {
+    let after = move |txn: &mut Txn, stored: &mut StoredIntent, events: &[LifecycleEvent], _: &mut Value| {
         if matches!(home, HandlerHome::Remote(_)) {
             let item = TransferItem { record: stored.record.clone(), events: txn.events_after(stored, 0)? };
             if !item.fits_one_event() {

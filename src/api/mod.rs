@@ -8,6 +8,7 @@ mod agents;
 mod deliveries;
 mod error;
 mod extract;
+mod inbox;
 mod intents;
 mod limit;
 mod registry;
@@ -94,6 +95,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/intents/{id}/policy", post(intents::policy))
         .route("/v1/intents/{id}/transition", post(intents::transition))
         .route("/v1/intents/{id}/transfer", post(intents::transfer))
+        .route("/v1/inbox", get(inbox::list))
+        .route("/v1/inbox/changes", get(inbox::changes))
+        .route("/v1/inbox/{thread_id}", get(inbox::thread))
+        .route("/v1/inbox/{thread_id}/reply", post(inbox::reply))
+        .route("/v1/inbox/{thread_id}/delegate", post(inbox::delegate))
+        .route("/v1/inbox/{thread_id}/approve", post(inbox::approve))
+        .route("/v1/inbox/{thread_id}/reject", post(inbox::reject))
+        .route("/v1/inbox/{thread_id}/messages/delete", post(inbox::delete_messages))
+        .route("/v1/inbox/{thread_id}/read", post(inbox::read))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{*address}", get(agents::get_or_listen).post(agents::post_to_agent))
         .route("/v1/deliveries", get(deliveries::list))

@@ -41,7 +41,8 @@ impl FromRequestParts<AppState> for Owner {
         let Query(query) = Query::<OwnerQuery>::from_request_parts(parts, state)
             .await
             .map_err(|error| ApiError::bad_request("invalid_query", error.body_text()))?;
-        let address = caller.actor(&parts.headers, query.owner_agent.as_deref())?;
+        let named = caller.owner(&parts.headers, query.owner_agent.as_deref())?;
+        let address = caller.actor(named.as_ref());
         AgentAddress::parse(&address).map_err(|_| {
             ApiError::invalid("owner_agent", "is required: this API key acts for several addresses, so name the owner")
         })?;

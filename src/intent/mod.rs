@@ -16,5 +16,5 @@ pub use lifecycle::{LifecycleError, check_transition};
 #[cfg(test)]
 pub(crate) use record::sample;
 pub use record::{IntentRecord, NewIntent, PolicyUpdate, ResolveOutcome, ResumeOutcome};
-pub use status::{Status, WaitingReason};
+pub use status::{Status, UnknownName, WaitingReason};
 pub use timers::{DEFAULT_MAX_REMINDERS, Fired, TIMER_ACTOR, Timer, TimerKind, TimerState, parse_ms};

@@ -110,7 +110,7 @@ fn feed_key(feed: Feed, agent: &str, cursor: u64) -> Vec<u8> {
     [feed_prefix(feed, agent).as_slice(), &cursor.to_be_bytes()].concat()
 }
 
-fn parse_id(record: &IntentRecord) -> Result<Uuid, StoreError> {
+pub(super) fn parse_id(record: &IntentRecord) -> Result<Uuid, StoreError> {
     Uuid::parse_str(&record.intent_id)
         .map_err(|_| StoreError::Corrupt(format!("intent id {:?} is not a UUID", record.intent_id)))
 }
@@ -291,7 +291,8 @@ impl Txn<'_> {
         }
         self.put_json(intent_key(id), stored);
         self.notify_intent(&stored.record.intent_id);
-        self.schedule_timers(id, stored)
+        self.schedule_timers(id, stored)?;
+        self.deliver_to_inbox(stored, events)
     }
 
     pub fn set_lease(&mut self, id: Uuid, until_ms: u64) {

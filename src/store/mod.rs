@@ -23,6 +23,8 @@
 //! | `R/` | handler address, 0, peer org, 0, peer node | route room id |
 //! | `Q/` | room id | the room's route |
 //! | `C/` | control request id | nothing: the peer's request was applied |
+//! | `t/` | thread id (16 bytes) | inbox thread (of the intent with that id) |
+//! | `u/` | owner address, 0, change cursor (u64 BE) | thread id: the owner's inbox, each thread at its latest change |
 //! | `m/` | name | node metadata and counters |
 //! | `ab/` | agent address | the agent's delivery binding |
 //! | `dv/` | delivery id | push delivery record |
@@ -37,6 +39,7 @@
 mod agents;
 mod deliveries;
 mod idempotency;
+mod inbox;
 mod intents;
 mod keys;
 mod outbox;
