@@ -346,3 +346,49 @@ async fn a_transfer_ends_the_old_handlers_pending_delivery() {
     assert_eq!(receiver.received().len(), 1, "no attempt after the transfer");
     assert_eq!(events_of(&api, &id, "intent.delivery_failed").await.len(), 1);
 }
+
+#[tokio::test]
+async fn inbox_changes_are_published_to_the_owners_subscriptions() {
+    let receiver = Receiver::start().await;
+    let node = node(100, 2);
+    let owner = "agent://acme/ops/owner";
+    let api = node.admin();
+    let owned = node.api(&node.key_for(&[owner]).await);
+    let kinds = ["inbox.thread_created", "inbox.thread_updated", "inbox.reply_received"];
+    let (status, body) = owned
+        .post(
+            "/v1/webhooks/subscriptions",
+            json!({"callback_url": receiver.url, "event_types": kinds, "secret": SECRET}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut intent = common::intent_body(owner, AGENT);
+    intent["reply_to"] = json!(owner);
+    let (status, created) = owned.post("/v1/intents", intent).await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["intent_id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        api.post(&format!("/v1/intents/{id}/resolve"), json!({"status": "COMPLETED", "result": {}})).await;
+    assert_eq!(status, 200);
+    let (status, _) = owned.post(&format!("/v1/inbox/{id}/reply"), json!({"message": "thanks"})).await;
+    assert_eq!(status, 200);
+
+    let received = eventually("the three kinds of inbox webhooks", LIMIT, async || {
+        let received = receiver.received();
+        let types: Vec<String> = received
+            .iter()
+            .map(|request| serde_json::from_slice::<Value>(&request.body).unwrap()["type"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.iter().all(|kind| types.iter().any(|seen| seen == kind)).then_some(received)
+    })
+    .await;
+    for request in &received {
+        check_signature(request);
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            (body["owner_agent"].as_str(), body["payload"]["thread_id"].as_str()),
+            (Some(owner), Some(id.as_str()))
+        );
+    }
+}

@@ -21,7 +21,7 @@ use super::extract::{Caller, Fields};
 use super::intents::{Idempotency, IntentCall, forward_to_owner, once};
 use super::views;
 use crate::address::AgentAddress;
-use crate::clock::now_rfc3339;
+use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::inbox::{DeleteMode, Entry, InboxError, Selection, Thread, ThreadStatus};
 use crate::store::{LinkRole, StoredIntent, Txn};
 use crate::transport::wire::{ControlAction, ControlItem};
@@ -303,7 +303,10 @@ pub async fn reply(State(state): State<AppState>, call: IntentCall) -> ApiResult
     fields.finish()?;
     on_thread(&state, call, move |txn, mut thread| {
         let entry = message(thread.reply(Uuid::now_v7().to_string(), &text, &now_rfc3339()));
+        let owner = thread.owner_agent.clone();
         let mut answer = saved(txn, thread)?;
+        let payload = json!({"thread_id": answer["thread"]["thread_id"], "message": entry});
+        txn.publish_to_subscribers(&owner, "inbox.reply_received", payload, now_unix_ms(), &now_rfc3339())?;
         answer["message"] = entry;
         Ok(answer)
     })

@@ -40,13 +40,18 @@ impl Txn<'_> {
     /// former owner's feed, after a delegation). Sets `thread.cursor`.
     pub fn save_thread(&mut self, thread: &mut Thread) -> Result<(), StoreError> {
         let id = parse_thread_id(thread)?;
-        if let Some(previous) = self.thread(id)? {
+        let previous = self.thread(id)?;
+        if let Some(previous) = &previous {
             self.remove(change_key(&previous.owner_agent, previous.cursor));
         }
         thread.cursor = self.next_counter(INBOX_COUNTER)?;
         self.put(change_key(&thread.owner_agent, thread.cursor), id.as_bytes().to_vec());
         self.put_json(thread_key(id), thread);
-        Ok(())
+        // Owners who subscribed to inbox webhooks hear of it (a delegated thread is new to its
+        // new owner).
+        let created = previous.is_none_or(|previous| previous.owner_agent != thread.owner_agent);
+        let event_type = if created { "inbox.thread_created" } else { "inbox.thread_updated" };
+        self.publish_thread_event(thread, event_type)
     }
 
     /// Folds events just stored for an intent into its `reply_to` thread, opening the thread
@@ -83,6 +88,21 @@ impl Txn<'_> {
             self.save_thread(&mut thread)?;
         }
         Ok(())
+    }
+}
+
+impl Txn<'_> {
+    /// Publishes `event_type` about `thread` to its owner's webhook subscriptions.
+    pub fn publish_thread_event(&mut self, thread: &Thread, event_type: &str) -> Result<(), StoreError> {
+        let payload = serde_json::json!({
+            "thread_id": thread.thread_id,
+            "intent_id": thread.intent_id,
+            "status": thread.status().as_str(),
+            "cursor": thread.cursor,
+            "updated_at": thread.updated_at,
+        });
+        let at = crate::clock::now_rfc3339();
+        self.publish_to_subscribers(&thread.owner_agent, event_type, payload, crate::clock::now_unix_ms(), &at)
     }
 }
 

@@ -40,6 +40,12 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The committed tree, for prefix scans of indexes that a batch does not change often
+    /// (entries written earlier in the same batch are not seen).
+    pub(super) fn committed(&self) -> &sled::Tree {
+        self.tree
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(value) = self.job.get(key).or_else(|| self.batch.get(key)) {
             return Ok(value.clone());

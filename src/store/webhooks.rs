@@ -79,6 +79,40 @@ impl Txn<'_> {
         self.get_json(&event_key(parse(id)?))
     }
 
+    /// Publishes an event the node itself raises (an inbox change) to the owner's subscriptions
+    /// that want it, in this batch. Without such a subscription nothing is stored.
+    pub fn publish_to_subscribers(
+        &mut self,
+        owner: &str,
+        event_type: &str,
+        payload: Value,
+        now_ms: u64,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let prefix = owner_prefix(owner);
+        let mut subscriptions = Vec::new();
+        for item in self.committed().scan_prefix(&prefix) {
+            let key = item?.0;
+            let id = Uuid::from_slice(&key[prefix.len()..])
+                .map_err(|_| StoreError::Corrupt("bad subscription index key".into()))?;
+            subscriptions.extend(self.get_json::<Subscription>(&subscription_key(id))?);
+        }
+        if !subscriptions.iter().any(|subscription| subscription.wants(event_type)) {
+            return Ok(());
+        }
+        let mut event = WebhookEvent {
+            event_id: Uuid::now_v7().to_string(),
+            owner_agent: owner.to_owned(),
+            event_type: event_type.to_owned(),
+            source: "axp-node".to_owned(),
+            payload,
+            accepted_at: at.to_owned(),
+            delivery_ids: Vec::new(),
+            replayed_at: None,
+        };
+        self.fan_out(&mut event, &subscriptions, now_ms, at).map(|_| ())
+    }
+
     /// Starts one delivery of the event per active subscription of its owner that wants its
     /// type, records them on the event and stores it. Returns how many were started.
     pub fn fan_out(
