@@ -57,85 +57,94 @@ fn event_type(raw: &Raw<AnySyncTimelineEvent>) -> Option<String> {
     raw.get_field::<String>("type").ok().flatten()
 }
 
-/// Round trips of an encrypted custom event from `a` to `b` and back: `b` answers every ping
-/// with a pong in the same room. The first (Olm session and key sharing) is returned apart.
-pub async fn round_trips(
-    a: &Account,
-    b: &Account,
-    count: usize,
-    scratch: &std::path::Path,
-) -> Result<(Duration, Vec<Duration>), TransportError> {
-    let alice = client(a, &scratch.join("a")).await?;
-    let bob = client(b, &scratch.join("b")).await?;
-    bob.add_event_handler(|raw: Raw<AnySyncTimelineEvent>, room: Room| async move {
-        if event_type(&raw).as_deref() == Some(PING) {
-            let content: serde_json::Value = raw.get_field("content").ok().flatten().unwrap_or_default();
-            let _ = room.send_raw(PONG, content).await;
-        }
-    });
-    bob.add_event_handler(
-        |event: matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent, room: Room| async move {
-            let _ = event;
-            tokio::spawn(async move { room.join().await });
-        },
-    );
-    let (pongs, mut received) = mpsc::unbounded_channel::<u64>();
-    alice.add_event_handler(move |raw: Raw<AnySyncTimelineEvent>| {
-        let pongs = pongs.clone();
-        async move {
-            if event_type(&raw).as_deref() == Some(PONG)
-                && let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content")
-            {
-                let _ = pongs.send(content["n"].as_u64().unwrap_or(u64::MAX));
-            }
-        }
-    });
-    alice.sync_once(SyncSettings::default()).await.map_err(error)?;
-    bob.sync_once(SyncSettings::default()).await.map_err(error)?;
-    let syncs = [keep_syncing(alice.clone()), keep_syncing(bob.clone())];
+/// An encrypted room between two fresh accounts, one of which answers every ping at once.
+pub struct Floor {
+    room: Room,
+    pongs: mpsc::UnboundedReceiver<u64>,
+    syncs: [tokio::task::JoinHandle<()>; 2],
+    next: u64,
+}
 
-    let bob_id: OwnedUserId = UserId::parse(&b.user_id).map_err(error)?;
-    let mut request = CreateRoom::new();
-    request.invite = vec![bob_id.clone()];
-    request.preset = Some(RoomPreset::PrivateChat);
-    request.initial_state = vec![
-        InitialStateEvent::new(EmptyStateKey, RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
-    ];
-    let room = alice.create_room(request).await.map_err(error)?;
-    // Wait until the invitee has joined, so that the first ping is shared with its device.
-    let joined = async {
-        loop {
-            if room
-                .members(matrix_sdk::RoomMemberships::JOIN)
-                .await
-                .is_ok_and(|members| members.iter().any(|m| m.user_id() == bob_id))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+impl Drop for Floor {
+    fn drop(&mut self) {
+        for sync in &self.syncs {
+            sync.abort();
         }
-    };
-    tokio::time::timeout(Duration::from_secs(30), joined)
-        .await
-        .map_err(|_| error("the peer never joined the bench room"))?;
+    }
+}
 
-    let mut timings = Vec::with_capacity(count + 1);
-    for n in 0..=count as u64 {
+impl Floor {
+    /// Logs both accounts in (stores under `scratch`), creates the room and waits until the
+    /// peer joined, so that the first ping is shared with its device.
+    pub async fn open(a: &Account, b: &Account, scratch: &std::path::Path) -> Result<Floor, TransportError> {
+        let alice = client(a, &scratch.join("a")).await?;
+        let bob = client(b, &scratch.join("b")).await?;
+        bob.add_event_handler(|raw: Raw<AnySyncTimelineEvent>, room: Room| async move {
+            if event_type(&raw).as_deref() == Some(PING) {
+                let content: serde_json::Value = raw.get_field("content").ok().flatten().unwrap_or_default();
+                let _ = room.send_raw(PONG, content).await;
+            }
+        });
+        bob.add_event_handler(
+            |event: matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent, room: Room| async move {
+                let _ = event;
+                tokio::spawn(async move { room.join().await });
+            },
+        );
+        let (pongs, received) = mpsc::unbounded_channel::<u64>();
+        alice.add_event_handler(move |raw: Raw<AnySyncTimelineEvent>| {
+            let pongs = pongs.clone();
+            async move {
+                if event_type(&raw).as_deref() == Some(PONG)
+                    && let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content")
+                {
+                    let _ = pongs.send(content["n"].as_u64().unwrap_or(u64::MAX));
+                }
+            }
+        });
+        alice.sync_once(SyncSettings::default()).await.map_err(error)?;
+        bob.sync_once(SyncSettings::default()).await.map_err(error)?;
+        let syncs = [keep_syncing(alice.clone()), keep_syncing(bob.clone())];
+
+        let bob_id: OwnedUserId = UserId::parse(&b.user_id).map_err(error)?;
+        let mut request = CreateRoom::new();
+        request.invite = vec![bob_id.clone()];
+        request.preset = Some(RoomPreset::PrivateChat);
+        request.initial_state = vec![
+            InitialStateEvent::new(EmptyStateKey, RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
+        ];
+        let room = alice.create_room(request).await.map_err(error)?;
+        let joined = async {
+            loop {
+                if room
+                    .members(matrix_sdk::RoomMemberships::JOIN)
+                    .await
+                    .is_ok_and(|members| members.iter().any(|m| m.user_id() == bob_id))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), joined)
+            .await
+            .map_err(|_| error("the peer never joined the bench room"))?;
+        Ok(Floor { room, pongs: received, syncs, next: 0 })
+    }
+
+    /// Sends one encrypted ping and waits for its pong.
+    pub async fn round_trip(&mut self) -> Result<Duration, TransportError> {
+        let n = self.next;
+        self.next += 1;
         let started = Instant::now();
-        room.send_raw(PING, json!({"n": n})).await.map_err(error)?;
+        self.room.send_raw(PING, json!({"n": n})).await.map_err(error)?;
         loop {
-            let answered = tokio::time::timeout(Duration::from_secs(30), received.recv())
+            let answered = tokio::time::timeout(Duration::from_secs(30), self.pongs.recv())
                 .await
                 .map_err(|_| error("no pong within 30 s"))?;
             if answered == Some(n) {
-                break;
+                return Ok(started.elapsed());
             }
         }
-        timings.push(started.elapsed());
     }
-    for sync in syncs {
-        sync.abort();
-    }
-    let first = timings.remove(0);
-    Ok((first, timings))
 }
