@@ -1,7 +1,7 @@
 //! Faults and privacy of the federation (issue 4), against two real Synapse homeservers and two
 //! real nodes, each test with a kit of its own (`federation/up --no-nodes` on its own ports):
 //!
-//! a. nodes SIGKILLed at random points (seeded) while ~200 cross-org intents flow, then restarted:
+//! a. nodes SIGKILLed at random points (seeded) while ~300 cross-org intents flow, then restarted:
 //!    every accepted intent completes, identically on both nodes, with gapless logs and a bounded
 //!    number of hand-outs to the agent;
 //! b. a homeserver stopped for 30 s while intents flow (globex's, then acme's): what queued up is
@@ -14,7 +14,7 @@
 //! Run them with `cargo test --test federation_faults -- --test-threads=1` (they take turns
 //! anyway). Each test has its own port block: 18300, 18400, 18700, 18800, 18900 (tests/federation.rs
 //! has 18100). A missing kit (Synapse venv, Python) fails them; nothing is skipped. Test a's fault
-//! schedule comes from `AXP_FAULT_SEED` (default 20261126); `AXP_FAULT_INTENTS` (default 200).
+//! schedule comes from `AXP_FAULT_SEED` (default 20261126); `AXP_FAULT_INTENTS` (default 300).
 
 mod common;
 
@@ -365,7 +365,7 @@ async fn a_nodes_killed_at_random_points_lose_and_duplicate_nothing() {
     let _turn = ONE_KIT_AT_A_TIME.lock().await;
     let started = Instant::now();
     let seed: u64 = std::env::var("AXP_FAULT_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20_261_126);
-    let count: usize = std::env::var("AXP_FAULT_INTENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+    let count: usize = std::env::var("AXP_FAULT_INTENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
     eprintln!("seed {seed} (AXP_FAULT_SEED), {count} intents (AXP_FAULT_INTENTS)");
     let mut rng = StdRng::seed_from_u64(seed);
 
