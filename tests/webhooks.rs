@@ -65,6 +65,9 @@ async fn a_signed_delivery_marks_the_intent_delivered() {
     assert_eq!(status, 200);
     assert_eq!(agent["agent"]["binding"]["delivery_mode"], "http");
     assert!(agent["agent"]["binding"].get("secret").is_none(), "the secret is never shown again: {agent}");
+    let (_, listed) = api.get("/v1/agents").await;
+    let listed = listed["agents"].as_array().unwrap().iter().find(|agent| agent["address"] == AGENT).cloned();
+    assert_eq!(listed.unwrap()["binding"]["callback_url"], receiver.url.as_str(), "GET /v1/agents lists bindings");
 
     let id = api.send(FROM, AGENT).await;
     let request = receiver.wait_for(1, LIMIT).await.remove(0);

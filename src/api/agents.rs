@@ -27,7 +27,8 @@ pub async fn capabilities(_caller: Caller) -> Json<Value> {
         "capabilities": [
             "intents.create", "intents.get", "intents.events", "intents.events.stream", "intents.resolve",
             "intents.resume", "intents.controls", "intents.policy", "intents.transition", "intents.transfer", "intents.poll",
-            "agents.listen", "idempotency"
+            "agents.listen", "agents.binding", "deliveries", "webhooks.subscriptions", "webhooks.events", "inbox",
+            "idempotency"
         ],
         // Any intent type that follows the create grammar is accepted.
         "supported_intent_types": [],
@@ -54,15 +55,23 @@ pub async fn list(
         (None, Some(_)) => return Err(ApiError::invalid("workspace_id", "needs org_id as well")),
         (None, None) => "agent://".to_owned(),
     };
-    let agents: Vec<Value> = state
+    let agents = state
         .store()
         .agents(&prefix)?
         .into_iter()
         .filter(|agent| AgentAddress::parse(&agent.address).is_ok_and(|address| caller.may_act_for(&address)))
         .take(limit)
-        .map(|agent| serde_json::to_value(agent).expect("agent records serialise"))
-        .collect();
+        .map(|agent| agent_view(&state, agent))
+        .collect::<ApiResult<Vec<Value>>>()?;
     Ok(Json(json!({"ok": true, "agents": agents})))
+}
+
+/// An agent with its binding (`stream`, the default, when none was set).
+fn agent_view(state: &AppState, agent: crate::store::AgentRecord) -> ApiResult<Value> {
+    let binding = state.store().binding(&agent.address)?;
+    let mut view = serde_json::to_value(agent).expect("agent records serialise");
+    view["binding"] = binding.as_ref().map_or(json!({"delivery_mode": "stream"}), super::deliveries::binding_view);
+    Ok(view)
 }
 
 /// `/v1/agents/{address...}`: the agent itself, or with `/intents/stream` its listen stream.
@@ -80,10 +89,7 @@ pub async fn get_or_listen(
     caller.require("address", &address)?;
     let agent =
         state.store().agent(address.as_str())?.ok_or_else(|| ApiError::not_found(format_args!("agent {address}")))?;
-    let binding = state.store().binding(address.as_str())?;
-    let mut view = serde_json::to_value(agent).expect("agent records serialise");
-    view["binding"] = binding.as_ref().map_or(json!({"delivery_mode": "stream"}), super::deliveries::binding_view);
-    Ok(Json(json!({"ok": true, "agent": view})).into_response())
+    Ok(Json(json!({"ok": true, "agent": agent_view(&state, agent)?})).into_response())
 }
 
 /// `POST /v1/agents/{address...}/binding`: how the agent receives its intents.
