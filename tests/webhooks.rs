@@ -88,7 +88,7 @@ async fn a_signed_delivery_marks_the_intent_delivered() {
 #[tokio::test]
 async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replayed() {
     let receiver = Receiver::start().await;
-    let node = node(200, 4);
+    let mut node = node(200, 4);
     let api = node.admin();
     bind(&api, &receiver.url).await;
     receiver.script(&[Reply::Status(500), Reply::Close, Reply::Redirect, Reply::Hang]);
@@ -122,6 +122,12 @@ async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replaye
         (Some(4), Some(true))
     );
     let delivery_id = dead[0]["delivery_id"].as_str().unwrap();
+
+    // Dead letters are on disk: a SIGKILL and restart keeps them, and replay still works.
+    node.restart();
+    let api = node.admin();
+    let (_, after) = api.get(&format!("/v1/deliveries?status=dead_lettered&agent={AGENT}")).await;
+    assert_eq!(after["deliveries"][0]["delivery_id"].as_str(), Some(delivery_id), "{after}");
 
     let (status, replayed) = api.post(&format!("/v1/deliveries/{delivery_id}/replay"), json!({})).await;
     assert_eq!(status, 200, "{replayed}");
