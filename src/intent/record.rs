@@ -345,6 +345,12 @@ impl IntentRecord {
         self.handed_over || matches!(self.status, Status::Submitted | Status::Delivered)
     }
 
+    /// Offers the intent to its handler again, as if it had just arrived (after a human task
+    /// that came before the handler's work).
+    pub(super) fn offer_again(&mut self) {
+        self.handed_over = true;
+    }
+
     /// Lets the timer state see an event this record just appended.
     fn observed(&mut self, event: LifecycleEvent) -> LifecycleEvent {
         self.timer_state.observe(&event);
