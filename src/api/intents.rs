@@ -37,7 +37,7 @@ const INTENT_OPTIONS: [&str; 8] = [
 ];
 
 /// A keyed request's identity and body fingerprint, checked and recorded inside the write.
-struct Idempotency {
+pub(super) struct Idempotency {
     scope: IdempotencyScope,
     body_hash: String,
     expired_before_ms: u64,
@@ -98,7 +98,9 @@ fn parse_intent_id(raw: &str) -> ApiResult<Uuid> {
 /// a key learns nothing about intents outside its addresses.
 fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult<StoredIntent> {
     match stored {
-        Some(stored) if caller.can_see(&stored.record) => Ok(stored),
+        Some(stored) if caller.can_see(&stored.record) || super::tasks::may_answer(caller, &stored.record) => {
+            Ok(stored)
+        }
         _ => Err(ApiError::not_found(format_args!("intent {id}"))),
     }
 }
@@ -274,6 +276,9 @@ fn parse_options(fields: &mut Fields) -> ApiResult<Map<String, Value>> {
             options.insert(name.into(), Value::Object(object));
         }
     }
+    if let Some(task) = options.get("human_task") {
+        crate::intent::HumanTask::parse(task)?;
+    }
     debug_assert!(options.keys().all(|key| INTENT_OPTIONS.contains(&key.as_str())));
     Ok(options)
 }
@@ -293,7 +298,11 @@ pub async fn create(
             once(txn, idempotency, |txn| {
                 let id = Uuid::now_v7();
                 let at = now_rfc3339();
-                let (record, events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
+                let (mut record, mut events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
+                // The handler's node runs the task: here when the handler is local.
+                if link.is_none() && record.options.contains_key("human_task") {
+                    events.extend(super::tasks::assign_at_create(&mut record, &at)?);
+                }
                 let status = record.status();
                 txn.insert_intent(record, &events, link)?;
                 Ok(json!({"ok": true, "intent_id": id, "status": status, "created_at": at}))
@@ -350,11 +359,14 @@ pub struct OwnerQuery {
 /// caller and the address it acts as (`owner_agent` query or `x-owner-agent` header), the intent
 /// id, the body's fields, and the idempotency key scoped to the operation.
 pub struct IntentCall {
-    caller: Caller,
-    actor: String,
-    id: String,
-    idempotency: Option<Idempotency>,
-    fields: Fields,
+    pub(super) caller: Caller,
+    pub(super) actor: String,
+    pub(super) id: String,
+    pub(super) idempotency: Option<Idempotency>,
+    pub(super) fields: Fields,
+    /// How the caller says it reached the node (`x-axp-channel`: `cli`, ...; default `api`),
+    /// recorded with human-task decisions.
+    pub(super) channel: String,
 }
 
 impl FromRequest<AppState> for IntentCall {
@@ -374,7 +386,12 @@ impl FromRequest<AppState> for IntentCall {
         let headers = parts.headers.clone();
         let JsonBody(body) = JsonBody::from_request(Request::from_parts(parts, body), state).await?;
         let idempotency = Idempotency::from_request(state, &caller, &headers, &endpoint, &body)?;
-        Ok(IntentCall { caller, actor, id, idempotency, fields: Fields::new(body) })
+        let channel = headers.get("x-axp-channel").and_then(|value| value.to_str().ok()).unwrap_or("api");
+        if channel.is_empty() || channel.len() > 32 || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(ApiError::bad_request("invalid_channel", "x-axp-channel must be 1 to 32 of a-z and _"));
+        }
+        let channel = channel.to_owned();
+        Ok(IntentCall { caller, actor, id, idempotency, fields: Fields::new(body), channel })
     }
 }
 
@@ -385,7 +402,7 @@ impl FromRequest<AppState> for IntentCall {
 ///
 /// On a replica (the handler's node owns the log) nothing changes here: a request the owner
 /// can sequence (`forward`) is queued for it as a control event, anything else is refused.
-async fn operate(
+pub(super) async fn operate(
     state: &AppState,
     caller: Caller,
     id: &str,
@@ -437,7 +454,7 @@ async fn operate(
 }
 
 pub async fn resolve(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     let outcome = match status {
@@ -512,8 +529,14 @@ fn stale(stored: &StoredIntent) -> Value {
     json!({"ok": true, "applied": false, "reason": "stale_policy_generation", "policy_generation": stored.record.policy_generation()})
 }
 
-pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+pub async fn resume(State(state): State<AppState>, mut call: IntentCall) -> ApiResult<Json<Value>> {
+    if let Some(task_result) = call.fields.object("task_result")? {
+        call.fields.string("actor")?;
+        call.fields.string("reason")?;
+        std::mem::replace(&mut call.fields, Fields::new(Map::new())).finish()?;
+        return super::tasks::answer(&state, call, task_result).await;
+    }
+    let IntentCall { caller, actor, id, idempotency, mut fields, channel } = call;
     let approve = fields.boolean("approve_current_step")?.unwrap_or(true);
     let reason = fields.string("reason")?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
@@ -535,11 +558,23 @@ pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResul
         &id,
         idempotency,
         Some(forward),
-        move |_caller, stored| {
+        move |caller, stored| {
             if let Some(expected) = expected_generation
                 && expected != stored.record.policy_generation()
             {
                 return Ok((stale(stored), vec![]));
+            }
+            if stored.record.open_human_task().is_some() {
+                // A bare resume of a human task is an approve (or, refusing, a reject) with
+                // the body's other fields as the form.
+                let mut task_result = input.clone();
+                if !approve {
+                    task_result.insert("outcome".into(), json!(crate::intent::REJECTED));
+                }
+                if let Some(reason) = &reason {
+                    task_result.entry("comment").or_insert_with(|| json!(reason));
+                }
+                return super::tasks::apply(caller, &actor, stored, &task_result, &channel);
             }
             let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
             let answer = json!({
@@ -629,7 +664,7 @@ fn policy_answer(update: crate::intent::PolicyUpdate) -> Value {
 /// The handler reports progress: ACKNOWLEDGED, IN_PROGRESS, or WAITING with a reason.
 /// Terminal outcomes go through `resolve`; DELIVERED is recorded by the node itself.
 pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let status: Status =
         fields.required_string("status")?.parse().map_err(|error| ApiError::invalid("status", error))?;
     if !matches!(status, Status::Acknowledged | Status::InProgress | Status::Waiting) {
@@ -687,7 +722,7 @@ fn wake_time(fields: &mut Fields, details: &mut Value, reason: Option<WaitingRea
 /// (which then sequences the rest of the log). The status stays; the new handler is offered
 /// the intent as if it had just arrived.
 pub async fn transfer(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields } = call;
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
     let to_agent = fields
         .address("to_agent")?
         .ok_or_else(|| ApiError::invalid("to_agent", "is required: the agent address that takes the intent over"))?;

@@ -12,6 +12,7 @@ mod intents;
 mod limit;
 mod registry;
 mod streams;
+mod tasks;
 pub(crate) mod views;
 mod webhooks;
 
@@ -94,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/intents/{id}/policy", post(intents::policy))
         .route("/v1/intents/{id}/transition", post(intents::transition))
         .route("/v1/intents/{id}/transfer", post(intents::transfer))
+        .route("/v1/me/tasks", get(tasks::mine))
+        .route("/v1/approvals/{id}/decision", post(tasks::decision))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{*address}", get(agents::get_or_listen).post(agents::post_to_agent))
         .route("/v1/deliveries", get(deliveries::list))
