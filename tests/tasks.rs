@@ -280,3 +280,40 @@ async fn the_cli_lists_shows_and_answers_tasks() {
     let (ok, listed) = axp(&["tasks", "list"]);
     assert!(ok && !listed.contains(&approval) && !listed.contains(&rejected), "{listed}");
 }
+
+#[tokio::test]
+async fn an_answered_task_goes_to_the_handler_a_bare_resume_is_an_answer_and_all_is_audited() {
+    let mut node = TestNode::start();
+    node.log_with("warn,axp::audit=info");
+    let api = node.api(&node.key_for(&[FROM, HANDLER]).await);
+    let poll = format!("/v1/intents?status=pending&to_agent={HANDLER}");
+    let id = create(&api, json!({"title": "Refund?", "task_type": "approval"})).await;
+    let (_, body) = api.get(&poll).await;
+    assert!(body["intents"].as_array().unwrap().is_empty(), "not offered while the human decides: {body}");
+    let (status, body) = api.post(&format!("/v1/intents/{id}/resume"), json!({"reason": "ok by me"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task_result"], json!({"outcome": "approved", "comment": "ok by me", "data": {}}));
+    let (_, body) = api.get(&poll).await;
+    assert_eq!(body["intents"][0]["intent_id"], id, "offered to the handler after the answer: {body}");
+    assert_eq!(body["intents"][0]["status"], "IN_PROGRESS");
+    let (status, body) =
+        api.post(&format!("/v1/intents/{id}/resolve"), json!({"status": "COMPLETED", "result": {"done": true}})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let schema = json!({"type": "object", "required": ["amount"], "properties": {"amount": {"type": "number"}}});
+    let form = create(&api, json!({"title": "How much?", "task_type": "form", "form_schema": schema})).await;
+    let (status, body) = api.post(&format!("/v1/intents/{form}/resume"), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("field_required")), "{body}");
+    let (status, body) = api.post(&format!("/v1/intents/{form}/resume"), json!({"amount": 9.5})).await;
+    assert_eq!(status, 200, "{body}");
+    let denied = create(&api, json!({"title": "Deny?"})).await;
+    let (status, body) =
+        api.post(&format!("/v1/intents/{denied}/resume"), json!({"approve_current_step": false})).await;
+    assert_eq!((status, body["intent"]["status"].as_str()), (200, Some("CANCELED")), "{body}");
+
+    let log = std::fs::read_to_string(node.dir.path().join("node.log")).unwrap();
+    let audited =
+        |what: &str, id: &str| log.lines().any(|l| l.contains("axp::audit") && l.contains(what) && l.contains(id));
+    assert!(audited("human_task_assigned", &id) && audited("human_task_answered", &id), "{log}");
+    assert!(audited("human_task_answered", &denied), "{log}");
+}
