@@ -301,7 +301,7 @@ pub async fn create(
                 let (mut record, mut events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
                 // The handler's node runs the task: here when the handler is local.
                 if link.is_none() && record.options.contains_key("human_task") {
-                    events.extend(super::tasks::assign_at_create(&mut record, &at)?);
+                    events.extend(super::tasks::assign_at_create(txn, &mut record, &at)?);
                 }
                 let status = record.status();
                 txn.insert_intent(record, &events, link)?;

@@ -27,6 +27,7 @@ use crate::address::AgentAddress;
 use crate::clock::now_rfc3339;
 use crate::intent::{Decision, EventType, HumanTask, IntentRecord, LifecycleEvent, REJECTED, TaskError};
 use crate::store::{Feed, StoredIntent, Txn};
+use uuid::Uuid;
 
 /// The actor of the events the node appends when it starts a task.
 pub const TASK_ACTOR: &str = "node:tasks";
@@ -57,9 +58,23 @@ pub(super) fn may_answer(caller: &Caller, record: &IntentRecord) -> bool {
     record.open_human_task().is_some_and(|task| answerers(record, &task).iter().any(|a| caller.may_act_for(a)))
 }
 
-/// Starts the task of a new intent this node sequences, in the create write.
-pub(super) fn assign_at_create(record: &mut IntentRecord, at: &str) -> ApiResult<Vec<LifecycleEvent>> {
+/// The answerers other than the handler, and the intent's id: what the `ht/` index holds.
+fn indexed(record: &IntentRecord) -> Option<(Vec<AgentAddress>, Uuid)> {
+    let task = HumanTask::of(record)?;
+    let others = answerers(record, &task).into_iter().filter(|address| address.as_str() != record.handler()).collect();
+    Some((others, Uuid::parse_str(&record.intent_id).ok()?))
+}
+
+/// Starts the task of a new intent this node sequences, in the create write, and indexes it
+/// for the answerers who are not its handler.
+pub(super) fn assign_at_create(txn: &mut Txn, record: &mut IntentRecord, at: &str) -> ApiResult<Vec<LifecycleEvent>> {
     let events = record.assign_human_task(TASK_ACTOR, at)?;
+    if let Some((others, id)) = indexed(record) {
+        for address in others {
+            txn.index_task(address.as_str(), id);
+            txn.register_agent(address.as_str(), at)?;
+        }
+    }
     tracing::info!(
         target: "axp::audit", decision = "human_task_assigned", intent_id = %record.intent_id,
         handler = %record.handler(), at, "human task assigned"
@@ -115,8 +130,13 @@ pub(super) fn apply(
     Ok((answer, events))
 }
 
-/// The handler is told the intent is its turn again.
+/// After an answer: the task leaves the index, and the handler is told it is its turn again.
 fn wake_handler(txn: &mut Txn, stored: &mut StoredIntent, _: &[LifecycleEvent]) -> ApiResult<()> {
+    if let Some((others, id)) = indexed(&stored.record) {
+        for address in others {
+            txn.unindex_task(address.as_str(), id);
+        }
+    }
     txn.notify_agent(stored.record.handler());
     Ok(())
 }
@@ -179,9 +199,9 @@ pub struct TasksQuery {
     owner_agent: Option<String>,
 }
 
-/// `GET /v1/me/tasks`: open tasks of intents handled by the caller's addresses (the one named
-/// by `owner_agent`/`x-owner-agent`, else every known agent the key may act for) that the
-/// caller may answer.
+/// `GET /v1/me/tasks`: open tasks the caller's addresses may answer (the one named by
+/// `owner_agent`/`x-owner-agent`, else every known agent the key may act for), as handler or
+/// as assignee / `escalate_to`.
 pub async fn mine(
     State(state): State<AppState>,
     caller: Caller,
@@ -205,36 +225,45 @@ pub async fn mine(
     let mut seen = BTreeSet::new();
     let mut tasks = Vec::new();
     'addresses: for address in &addresses {
-        let mut cursor = 0;
-        loop {
-            let page = state.store().feed(Feed::Open, address.as_str(), cursor, FEED_PAGE)?;
-            for entry in &page {
-                cursor = entry.cursor;
-                let Some(stored) = state.store().intent(entry.intent_id)? else { continue };
-                let Some(task) = stored.record.open_human_task() else { continue };
-                let allowed = answerers(&stored.record, &task);
-                let mine = match &owner {
-                    Some(_) => allowed.contains(address),
-                    None => allowed.iter().any(|answerer| caller.may_act_for(answerer)),
-                };
-                if mine && !stored.is_replica() && seen.insert(entry.intent_id) {
-                    tasks.push(task_item(&state, &stored)?);
-                    if tasks.len() == MAX_TASKS {
-                        break 'addresses;
-                    }
+        for id in candidates(&state, address)? {
+            let Some(stored) = state.store().intent(id)? else { continue };
+            let Some(task) = stored.record.open_human_task() else { continue };
+            let allowed = answerers(&stored.record, &task);
+            let mine = match &owner {
+                Some(_) => allowed.contains(address),
+                None => allowed.iter().any(|answerer| caller.may_act_for(answerer)),
+            };
+            if mine && !stored.is_replica() && seen.insert(id) {
+                tasks.push(task_item(&state, &stored)?);
+                if tasks.len() == MAX_TASKS {
+                    break 'addresses;
                 }
-            }
-            if page.len() < FEED_PAGE {
-                break;
             }
         }
     }
     Ok(Json(json!({"ok": true, "tasks": tasks})))
 }
 
+/// Intents that may hold a task for `address`: its open intents as handler, and the tasks it
+/// answers otherwise (`ht/` index).
+fn candidates(state: &AppState, address: &AgentAddress) -> ApiResult<Vec<Uuid>> {
+    let mut ids = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = state.store().feed(Feed::Open, address.as_str(), cursor, FEED_PAGE)?;
+        ids.extend(page.iter().map(|entry| entry.intent_id));
+        cursor = page.last().map_or(cursor, |entry| entry.cursor);
+        if page.len() < FEED_PAGE {
+            break;
+        }
+    }
+    ids.extend(state.store().tasks_of(address.as_str())?);
+    Ok(ids)
+}
+
 fn task_item(state: &AppState, stored: &StoredIntent) -> ApiResult<Value> {
     let record = &stored.record;
-    let id = uuid::Uuid::parse_str(&record.intent_id).map_err(|_| ApiError::not_found("intent"))?;
+    let id = Uuid::parse_str(&record.intent_id).map_err(|_| ApiError::not_found("intent"))?;
     let since = record.seq().saturating_sub(50);
     let assigned_at = state
         .store()
