@@ -20,6 +20,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     api_key: String,
+    /// Sent as `x-axp-channel`, how the node records where a human decision came from.
+    channel: Option<&'static str>,
 }
 
 /// One server-sent event.
@@ -35,7 +37,14 @@ impl Client {
             http: reqwest::Client::new(),
             base: base_url.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
+            channel: None,
         }
+    }
+
+    /// Names the channel (`cli`, ...) on every request, for the node's audit of decisions.
+    pub fn with_channel(mut self, channel: &'static str) -> Client {
+        self.channel = Some(channel);
+        self
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -55,6 +64,10 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let request = match self.channel {
+            Some(channel) => request.header("x-axp-channel", channel),
+            None => request,
+        };
         let response =
             request.header("x-api-key", &self.api_key).send().await.map_err(|source| self.transport(source))?;
         let status = response.status();

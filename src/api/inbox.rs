@@ -379,9 +379,23 @@ async fn decide(state: AppState, call: IntentCall, approve: bool) -> ApiResult<J
             };
             forward_to_owner(txn, &stored, control)?
         } else {
-            let outcome = stored.record.resume(approve, details, Some(&actor), &at)?;
-            txn.update_intent(&stored, &outcome.events)?;
-            json!({"ok": true, "applied": outcome.applied, "reason": outcome.reason, "intent": views::intent(&stored)})
+            // An open human task takes the decision as its answer, validated like any other.
+            let (applied, reason, events) = if stored.record.open_human_task().is_some() {
+                let outcome = if approve { "approved" } else { crate::intent::REJECTED };
+                let mut task_result = serde_json::Map::new();
+                task_result.insert("outcome".into(), json!(outcome));
+                if let Some(comment) = &comment {
+                    task_result.insert("comment".into(), json!(comment));
+                }
+                let decision = crate::intent::Decision { by: actor.clone(), at: at.clone(), via: "inbox".into() };
+                let (_, events) = stored.record.answer_human_task(&task_result, &decision)?;
+                (true, None, events)
+            } else {
+                let outcome = stored.record.resume(approve, details, Some(&actor), &at)?;
+                (outcome.applied, outcome.reason, outcome.events)
+            };
+            txn.update_intent(&stored, &events)?;
+            json!({"ok": true, "applied": applied, "reason": reason, "intent": views::intent(&stored)})
         };
         let thread = txn.thread(id)?.expect("the thread was saved in this write");
         answer["thread"] = view(&thread);

@@ -99,7 +99,9 @@ fn parse_intent_id(raw: &str) -> ApiResult<Uuid> {
 /// a key learns nothing about intents outside its addresses.
 fn visible(stored: Option<StoredIntent>, caller: &Caller, id: Uuid) -> ApiResult<StoredIntent> {
     match stored {
-        Some(stored) if caller.can_see(&stored.record) => Ok(stored),
+        Some(stored) if caller.can_see(&stored.record) || super::tasks::may_answer(caller, &stored.record) => {
+            Ok(stored)
+        }
         _ => Err(ApiError::not_found(format_args!("intent {id}"))),
     }
 }
@@ -283,6 +285,9 @@ fn parse_options(fields: &mut Fields) -> ApiResult<Map<String, Value>> {
             options.insert(name.into(), Value::Object(object));
         }
     }
+    if let Some(task) = options.get("human_task") {
+        crate::intent::HumanTask::parse(task)?;
+    }
     debug_assert!(options.keys().all(|key| INTENT_OPTIONS.contains(&key.as_str())));
     Ok(options)
 }
@@ -302,7 +307,11 @@ pub async fn create(
             once(txn, idempotency, |txn| {
                 let id = Uuid::now_v7();
                 let at = now_rfc3339();
-                let (record, events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
+                let (mut record, mut events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
+                // The handler's node runs the task: here when the handler is local.
+                if link.is_none() && record.options.contains_key("human_task") {
+                    events.extend(super::tasks::assign_at_create(txn, &mut record, &at)?);
+                }
                 let status = record.status();
                 txn.insert_intent(record, &events, link)?;
                 Ok(json!({"ok": true, "intent_id": id, "status": status, "created_at": at}))
@@ -368,6 +377,9 @@ pub struct IntentCall {
     pub(super) id: String,
     pub(super) idempotency: Option<Idempotency>,
     pub(super) fields: Fields,
+    /// How the caller says it reached the node (`x-axp-channel`: `cli`, ...; default `api`),
+    /// recorded with human-task decisions.
+    pub(super) channel: String,
 }
 
 impl FromRequest<AppState> for IntentCall {
@@ -388,7 +400,12 @@ impl FromRequest<AppState> for IntentCall {
         let headers = parts.headers.clone();
         let JsonBody(body) = JsonBody::from_request(Request::from_parts(parts, body), state).await?;
         let idempotency = Idempotency::from_request(state, &caller, &headers, &endpoint, &body)?;
-        Ok(IntentCall { caller, actor, owner, id, idempotency, fields: Fields::new(body) })
+        let channel = headers.get("x-axp-channel").and_then(|value| value.to_str().ok()).unwrap_or("api");
+        if channel.is_empty() || channel.len() > 32 || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(ApiError::bad_request("invalid_channel", "x-axp-channel must be 1 to 32 of a-z and _"));
+        }
+        let channel = channel.to_owned();
+        Ok(IntentCall { caller, actor, owner, id, idempotency, fields: Fields::new(body), channel })
     }
 }
 
@@ -400,7 +417,7 @@ impl FromRequest<AppState> for IntentCall {
 ///
 /// On a replica (the handler's node owns the log) nothing changes here: a request the owner
 /// can sequence (`forward`) is queued for it as a control event, anything else is refused.
-async fn operate(
+pub(super) async fn operate(
     state: &AppState,
     caller: Caller,
     id: &str,
@@ -543,8 +560,14 @@ fn stale(stored: &StoredIntent) -> Value {
     json!({"ok": true, "applied": false, "reason": "stale_policy_generation", "policy_generation": stored.record.policy_generation()})
 }
 
-pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
-    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
+pub async fn resume(State(state): State<AppState>, mut call: IntentCall) -> ApiResult<Json<Value>> {
+    if let Some(task_result) = call.fields.object("task_result")? {
+        call.fields.string("actor")?;
+        call.fields.string("reason")?;
+        std::mem::replace(&mut call.fields, Fields::new(Map::new())).finish()?;
+        return super::tasks::answer(&state, call, task_result).await;
+    }
+    let IntentCall { caller, actor, id, idempotency, mut fields, channel, .. } = call;
     let approve = fields.boolean("approve_current_step")?.unwrap_or(true);
     let reason = fields.string("reason")?;
     let expected_generation = fields.integer("expected_policy_generation", 0)?;
@@ -566,11 +589,23 @@ pub async fn resume(State(state): State<AppState>, call: IntentCall) -> ApiResul
         &id,
         idempotency,
         Some(forward),
-        move |_caller, stored| {
+        move |caller, stored| {
             if let Some(expected) = expected_generation
                 && expected != stored.record.policy_generation()
             {
                 return Ok((stale(stored), vec![]));
+            }
+            if stored.record.open_human_task().is_some() {
+                // A bare resume of a human task is an approve (or, refusing, a reject) with
+                // the body's other fields as the form.
+                let mut task_result = input.clone();
+                if !approve {
+                    task_result.insert("outcome".into(), json!(crate::intent::REJECTED));
+                }
+                if let Some(reason) = &reason {
+                    task_result.entry("comment").or_insert_with(|| json!(reason));
+                }
+                return super::tasks::apply(caller, &actor, stored, &task_result, &channel);
             }
             let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
             let answer = json!({

@@ -13,6 +13,7 @@ mod intents;
 mod limit;
 mod registry;
 mod streams;
+mod tasks;
 pub(crate) mod views;
 mod webhooks;
 
@@ -104,6 +105,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/inbox/{thread_id}/reject", post(inbox::reject))
         .route("/v1/inbox/{thread_id}/messages/delete", post(inbox::delete_messages))
         .route("/v1/inbox/{thread_id}/read", post(inbox::read))
+        .route("/v1/me/tasks", get(tasks::mine))
+        .route("/v1/approvals/{id}/decision", post(tasks::decision))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{*address}", get(agents::get_or_listen).post(agents::post_to_agent))
         .route("/v1/deliveries", get(deliveries::list))

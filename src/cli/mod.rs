@@ -7,6 +7,7 @@ mod intents;
 mod keys;
 mod node;
 pub mod registry;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Send, inspect, follow and resolve intents.
     Intents(intents::IntentsArgs),
+    /// Human tasks this key may answer: list, show, approve, reject, submit.
+    Tasks(tasks::TasksArgs),
     /// Agents and how they receive intents (stream, poll, signed http push, inbox).
     Agents(agents::AgentsArgs),
     /// Push deliveries to http-bound agents: list, show, replay dead letters.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(command) => node::run(command, cli.log_format),
         Command::Keys(args) => runtime()?.block_on(keys::run(args)),
         Command::Intents(args) => runtime()?.block_on(intents::run(args)),
+        Command::Tasks(args) => runtime()?.block_on(tasks::run(args)),
         Command::Agents(args) => runtime()?.block_on(agents::run_agents(args)),
         Command::Deliveries(args) => runtime()?.block_on(agents::run_deliveries(args)),
         Command::Matrix(command) => node::matrix(command),

@@ -6,12 +6,14 @@
 //! delivery and the HTTP shapes live elsewhere.
 
 mod event;
+mod human_task;
 mod lifecycle;
 mod record;
 mod status;
 mod timers;
 
 pub use event::{EventType, LifecycleEvent};
+pub use human_task::{Answer, Decision, FormSchema, HumanTask, REJECTED, TaskError, TaskType};
 pub use lifecycle::{LifecycleError, check_transition};
 #[cfg(test)]
 pub(crate) use record::sample;

@@ -52,7 +52,7 @@ pub struct IntentRecord {
     /// The current IN_PROGRESS began with an approving resume: a second resume is a repeat of
     /// that one, not a wake-up for a wait still to come.
     #[serde(default)]
-    resumed: bool,
+    pub(super) resumed: bool,
     /// What the timers remember (`crate::intent::timers`), folded from the events.
     #[serde(default, skip_serializing_if = "TimerState::is_empty")]
     pub(super) timer_state: TimerState,
@@ -343,6 +343,12 @@ impl IntentRecord {
     /// or it was transferred and the new handler has not acted on it.
     pub fn awaits_pickup(&self) -> bool {
         self.handed_over || matches!(self.status, Status::Submitted | Status::Delivered)
+    }
+
+    /// Offers the intent to its handler again, as if it had just arrived (after a human task
+    /// that came before the handler's work).
+    pub(super) fn offer_again(&mut self) {
+        self.handed_over = true;
     }
 
     /// Lets the timer state see an event this record just appended.

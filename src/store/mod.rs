@@ -35,6 +35,7 @@
 //! | `we/` | event id | published webhook event |
 //! | `tq/` | due (unix ms BE), intent id, kind tag (u8), n (u32 BE) | nothing: schedule of intent timers |
 //! | `ti/` | intent id | the intent's timers now in `tq/` |
+//! | `ht/` | address, 0, intent id | nothing: open human tasks an address answers, not as handler |
 
 mod agents;
 mod deliveries;
@@ -44,6 +45,7 @@ mod intents;
 mod keys;
 mod outbox;
 mod registry;
+mod tasks;
 mod timers;
 mod txn;
 mod webhooks;

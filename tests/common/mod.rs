@@ -21,6 +21,8 @@ pub struct TestNode {
     pub url: String,
     pub admin_key: String,
     child: Option<Child>,
+    /// `RUST_LOG` of the node process, when a test reads more than warnings from `node.log`.
+    log_filter: Option<String>,
 }
 
 impl TestNode {
@@ -44,9 +46,15 @@ impl TestNode {
         let mut text = std::fs::read_to_string(&config).unwrap();
         edit(&mut text);
         std::fs::write(&config, text).unwrap();
-        let mut node = TestNode { dir, url: String::new(), admin_key, child: None };
+        let mut node = TestNode { dir, url: String::new(), admin_key, child: None, log_filter: None };
         node.launch();
         node
+    }
+
+    /// Restarts the node logging with `filter` (e.g. `warn,axp::audit=info`).
+    pub fn log_with(&mut self, filter: &str) {
+        self.log_filter = Some(filter.to_owned());
+        self.restart();
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -54,8 +62,8 @@ impl TestNode {
     }
 
     fn launch(&mut self) {
-        let (child, url) =
-            spawn_node(&self.config_path()).unwrap_or_else(|error| panic!("node did not start: {error}"));
+        let (child, url) = spawn_node_logging(&self.config_path(), self.log_filter.as_deref())
+            .unwrap_or_else(|error| panic!("node did not start: {error}"));
         self.child = Some(child);
         self.url = url;
     }
@@ -109,13 +117,21 @@ impl Drop for TestNode {
 /// Starts `axp node run` and waits for its "listening" line. The node's log goes to
 /// `node.log` beside its config, where a failing test can look.
 pub fn spawn_node(config: &Path) -> Result<(Child, String), String> {
+    spawn_node_logging(config, None)
+}
+
+/// `spawn_node` with `RUST_LOG` set to `filter` (default: `AXP_TEST_LOG`, else `warn`).
+pub fn spawn_node_logging(config: &Path, filter: Option<&str>) -> Result<(Child, String), String> {
     let log_path = config.with_file_name("node.log");
     let log =
         std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|error| error.to_string())?;
     let mut child = Command::new(AXP)
         .args(["node", "run", "--config"])
         .arg(config)
-        .env("RUST_LOG", std::env::var("AXP_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            filter.map(str::to_owned).or_else(|| std::env::var("AXP_TEST_LOG").ok()).unwrap_or_else(|| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

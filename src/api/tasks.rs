@@ -1,0 +1,285 @@
+//! Human tasks over HTTP: answering a task (`POST /v1/intents/{id}/resume` with a `task_result`,
+//! `POST /v1/approvals/{id}/decision`), listing a person's open tasks (`GET /v1/me/tasks`), and
+//! the audit record of each assignment and decision.
+//!
+//! The task rules (types, outcomes, forms, what an answer does to the intent) are
+//! `crate::intent::human_task`'s; this module decides who may answer, reads the request and
+//! writes the change through `intents::operate`. Email magic links and web forms are not here.
+//!
+//! Who may answer: a key that may act for the intent's handler, for its `escalate_to`, or for
+//! one of the task's `assignees` that is an agent address. The approval id of
+//! `/v1/approvals/{id}/decision` is the intent id.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::Caller;
+use super::intents::{IntentCall, operate};
+use super::views;
+use crate::address::AgentAddress;
+use crate::clock::now_rfc3339;
+use crate::intent::{Decision, EventType, HumanTask, IntentRecord, LifecycleEvent, REJECTED, TaskError};
+use crate::store::{Feed, StoredIntent, Txn};
+use uuid::Uuid;
+
+/// The actor of the events the node appends when it starts a task.
+pub const TASK_ACTOR: &str = "node:tasks";
+const MAX_TASKS: usize = 500;
+const FEED_PAGE: usize = 500;
+
+impl From<TaskError> for ApiError {
+    fn from(error: TaskError) -> Self {
+        let status = if error.is_conflict() { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+        ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+/// The addresses that may answer the intent's task: its handler, `escalate_to`, and the
+/// assignees that are agent addresses (emails and role names match no key).
+fn answerers(record: &IntentRecord, task: &HumanTask) -> Vec<AgentAddress> {
+    let escalate_to = record.options.get("escalate_to").and_then(Value::as_str);
+    [record.handler()]
+        .into_iter()
+        .chain(escalate_to)
+        .chain(task.assignees.iter().map(String::as_str))
+        .filter_map(|raw| AgentAddress::parse(raw).ok())
+        .collect()
+}
+
+/// Whether the caller may answer the intent's open task (and so see the intent).
+pub(super) fn may_answer(caller: &Caller, record: &IntentRecord) -> bool {
+    record.open_human_task().is_some_and(|task| answerers(record, &task).iter().any(|a| caller.may_act_for(a)))
+}
+
+/// The answerers other than the handler, and the intent's id: what the `ht/` index holds.
+fn indexed(record: &IntentRecord) -> Option<(Vec<AgentAddress>, Uuid)> {
+    let task = HumanTask::of(record)?;
+    let others = answerers(record, &task).into_iter().filter(|address| address.as_str() != record.handler()).collect();
+    Some((others, Uuid::parse_str(&record.intent_id).ok()?))
+}
+
+/// Starts the task of a new intent this node sequences, in the create write, and indexes it
+/// for the answerers who are not its handler.
+pub(super) fn assign_at_create(txn: &mut Txn, record: &mut IntentRecord, at: &str) -> ApiResult<Vec<LifecycleEvent>> {
+    let events = record.assign_human_task(TASK_ACTOR, at)?;
+    if let Some((others, id)) = indexed(record) {
+        for address in others {
+            txn.index_task(address.as_str(), id);
+            txn.register_agent(address.as_str(), at)?;
+        }
+    }
+    tracing::info!(
+        target: "axp::audit", decision = "human_task_assigned", intent_id = %record.intent_id,
+        handler = %record.handler(), at, "human task assigned"
+    );
+    Ok(events)
+}
+
+/// Applies an answer inside `operate`'s change: checks who answers, validates, and records.
+pub(super) fn apply(
+    caller: &Caller,
+    actor: &str,
+    stored: &mut StoredIntent,
+    task_result: &Map<String, Value>,
+    via: &str,
+) -> ApiResult<(Value, Vec<LifecycleEvent>)> {
+    let record = &stored.record;
+    let mut by = actor.to_owned();
+    if let Some(task) = record.open_human_task() {
+        let allowed = answerers(record, &task);
+        // Who answers: the acting address when it is an answerer, else the first answerer
+        // the key acts for.
+        if !allowed.iter().any(|address| address.as_str() == actor)
+            && let Some(address) = allowed.iter().find(|address| caller.may_act_for(address))
+        {
+            by = address.to_string();
+        }
+        if !may_answer(caller, record) {
+            tracing::warn!(target: "axp::audit", decision = "denied", key_id = %caller.key.key_id, intent_id = %record.intent_id, "not an answerer of the human task");
+            let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            return Err(ApiError::forbidden(
+                "not_assignee",
+                format!("only a key acting for {} may answer this human task", names.join(", ")),
+            ));
+        }
+    }
+    let decision = Decision { by, at: now_rfc3339(), via: via.to_owned() };
+    let (answer, events) = stored.record.answer_human_task(task_result, &decision)?;
+    tracing::info!(
+        target: "axp::audit", decision = "human_task_answered", intent_id = %stored.record.intent_id,
+        by = %decision.by, at = %decision.at, via = %decision.via, key_id = %caller.key.key_id,
+        outcome = %answer.outcome, "human task answered"
+    );
+    let answer = json!({
+        "ok": true,
+        "applied": true,
+        "reason": null,
+        "policy_generation": stored.record.policy_generation(),
+        "task_result": answer.to_value(),
+        "decision": {"by": decision.by, "at": decision.at, "via": decision.via},
+        "intent": views::intent(stored),
+        "event": events.first().map(views::event),
+    });
+    Ok((answer, events))
+}
+
+/// After an answer: the task leaves the index, and the handler is told it is its turn again.
+fn wake_handler(txn: &mut Txn, stored: &mut StoredIntent, _: &[LifecycleEvent], _: &mut Value) -> ApiResult<()> {
+    if let Some((others, id)) = indexed(&stored.record) {
+        for address in others {
+            txn.unindex_task(address.as_str(), id);
+        }
+    }
+    txn.notify_agent(stored.record.handler());
+    Ok(())
+}
+
+/// `POST /v1/intents/{id}/resume` on an intent with an open task, or with a `task_result`.
+/// Refused on a replica: the owner validates answers, and forwarding them is not built yet.
+pub(super) async fn answer(
+    state: &AppState,
+    call: IntentCall,
+    task_result: Map<String, Value>,
+) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, channel, .. } = call;
+    let change =
+        move |caller: &Caller, stored: &mut StoredIntent| apply(caller, &actor, stored, &task_result, &channel);
+    operate(state, caller, &id, idempotency, None, change, wake_handler).await
+}
+
+/// `POST /v1/approvals/{approval_id}/decision` `{decision: approve|reject, comment}`: the
+/// intent's task answered with outcome `approved`/`rejected` (or the task type's positive
+/// outcome for approve). Answers 409 `no_open_human_task` once decided.
+pub async fn decision(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
+    let IntentCall { caller, actor, id, idempotency, mut fields, .. } = call;
+    let decision = fields.required_string("decision")?;
+    let approve = match decision.as_str() {
+        "approve" | "approved" => true,
+        "reject" | "rejected" => false,
+        other => return Err(ApiError::invalid("decision", format!("{other:?} must be approve or reject"))),
+    };
+    let comment = fields.string("comment")?.or(fields.string("reason")?);
+    if comment.as_ref().is_some_and(|text| text.chars().count() > 1000) {
+        return Err(ApiError::invalid("comment", "must be at most 1000 characters"));
+    }
+    fields.finish()?;
+    let change = move |caller: &Caller, stored: &mut StoredIntent| {
+        let mut task_result = Map::new();
+        if !approve {
+            task_result.insert("outcome".into(), json!(REJECTED));
+        }
+        if let Some(comment) = comment {
+            task_result.insert("comment".into(), json!(comment));
+        }
+        let (mut answer, events) = apply(caller, &actor, stored, &task_result, "approvals")?;
+        let decided_at = answer["decision"]["at"].clone();
+        answer["approval"] = json!({
+            "approval_id": stored.record.intent_id,
+            "decision": if approve { "approve" } else { "reject" },
+            "comment": answer["task_result"]["comment"],
+            "decided_at": decided_at,
+        });
+        answer["approval_id"] = json!(stored.record.intent_id);
+        answer["status"] = json!(stored.record.status());
+        answer["decided_at"] = decided_at;
+        Ok((answer, events))
+    };
+    operate(&state, caller, &id, idempotency, None, change, wake_handler).await
+}
+
+#[derive(Deserialize)]
+pub struct TasksQuery {
+    owner_agent: Option<String>,
+}
+
+/// `GET /v1/me/tasks`: open tasks the caller's addresses may answer (the one named by
+/// `owner_agent`/`x-owner-agent`, else every known agent the key may act for), as handler or
+/// as assignee / `escalate_to`.
+pub async fn mine(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(query): Query<TasksQuery>,
+) -> ApiResult<Json<Value>> {
+    let owner = caller.owner(&headers, query.owner_agent.as_deref())?;
+    let addresses: Vec<AgentAddress> = match &owner {
+        Some(owner) => vec![owner.clone()],
+        None => state
+            .store()
+            .agents("")?
+            .into_iter()
+            .filter_map(|agent| AgentAddress::parse(&agent.address).ok())
+            .filter(|address| caller.may_act_for(address))
+            .collect(),
+    };
+    let mut seen = BTreeSet::new();
+    let mut tasks = Vec::new();
+    'addresses: for address in &addresses {
+        for id in candidates(&state, address)? {
+            let Some(stored) = state.store().intent(id)? else { continue };
+            let Some(task) = stored.record.open_human_task() else { continue };
+            let allowed = answerers(&stored.record, &task);
+            let mine = match &owner {
+                Some(_) => allowed.contains(address),
+                None => allowed.iter().any(|answerer| caller.may_act_for(answerer)),
+            };
+            if mine && !stored.is_replica() && seen.insert(id) {
+                tasks.push(task_item(&state, &stored)?);
+                if tasks.len() == MAX_TASKS {
+                    break 'addresses;
+                }
+            }
+        }
+    }
+    Ok(Json(json!({"ok": true, "tasks": tasks})))
+}
+
+/// Intents that may hold a task for `address`: its open intents as handler, and the tasks it
+/// answers otherwise (`ht/` index).
+fn candidates(state: &AppState, address: &AgentAddress) -> ApiResult<Vec<Uuid>> {
+    let mut ids = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = state.store().feed(Feed::Open, address.as_str(), cursor, FEED_PAGE)?;
+        ids.extend(page.iter().map(|entry| entry.intent_id));
+        cursor = page.last().map_or(cursor, |entry| entry.cursor);
+        if page.len() < FEED_PAGE {
+            break;
+        }
+    }
+    ids.extend(state.store().tasks_of(address.as_str())?);
+    Ok(ids)
+}
+
+fn task_item(state: &AppState, stored: &StoredIntent) -> ApiResult<Value> {
+    let record = &stored.record;
+    let id = Uuid::parse_str(&record.intent_id).map_err(|_| ApiError::not_found("intent"))?;
+    let since = record.seq().saturating_sub(50);
+    let assigned_at = state
+        .store()
+        .events(id, since, 100)?
+        .into_iter()
+        .rev()
+        .find(|event| event.event_type == EventType::HumanTaskAssigned)
+        .map(|event| event.at);
+    Ok(json!({
+        "intent_id": record.intent_id,
+        "intent_type": record.intent_type,
+        "status": record.status(),
+        "waiting_reason": record.waiting_reason(),
+        "from_agent": record.from_agent,
+        "to_agent": record.to_agent,
+        "handler": record.handler(),
+        "assigned_at": assigned_at,
+        "due_at": record.options.get("deadline_at"),
+        "human_task": record.options.get("human_task"),
+        "payload": record.payload,
+    }))
+}
