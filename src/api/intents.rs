@@ -723,6 +723,11 @@ pub async fn transition(State(state): State<AppState>, call: IntentCall) -> ApiR
         None,
         move |caller, stored| {
             require_handler(caller, stored, "report progress on this intent")?;
+            if status == Status::Acknowledged && stored.record.status() == Status::Acknowledged {
+                // A retried acknowledgement (a poller that did not hear the answer) changes nothing.
+                let answer = json!({"ok": true, "applied": false, "reason": "already_acknowledged", "intent": views::intent(stored)});
+                return Ok((answer, vec![]));
+            }
             let event = stored.record.transition(status, waiting_reason, Some(&actor), details, &now_rfc3339())?;
             let answer = json!({"ok": true, "intent": views::intent(stored), "event": views::event(&event)});
             Ok((answer, vec![event]))
