@@ -102,6 +102,20 @@ impl Caller {
         Ok(Some(address))
     }
 
+    /// The owner a request speaks for: the one it names, else the key's own address. A key
+    /// for several addresses must name one (422 naming `owner_agent`).
+    pub fn owner_or_own(&self, headers: &HeaderMap, query_owner: Option<&str>) -> ApiResult<AgentAddress> {
+        match self.owner(headers, query_owner)? {
+            Some(owner) => Ok(owner),
+            None => self.key.default_agent().ok_or_else(|| {
+                ApiError::invalid(
+                    "owner_agent",
+                    "is required: this API key acts for several addresses, so name the owner (owner_agent query or x-owner-agent header)",
+                )
+            }),
+        }
+    }
+
     /// Who the caller acts as: the owner it names, else its default address, else its key id.
     pub fn actor(&self, owner: Option<&AgentAddress>) -> String {
         match owner {

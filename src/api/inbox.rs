@@ -132,15 +132,7 @@ impl FromRequestParts<AppState> for InboxRead {
         let Query(query) = Query::<InboxQuery>::from_request_parts(parts, state)
             .await
             .map_err(|error| ApiError::bad_request("invalid_query", error.body_text()))?;
-        let owner = match caller.owner(&parts.headers, query.owner_agent.as_deref())? {
-            Some(owner) => owner,
-            None => caller.key.default_agent().ok_or_else(|| {
-                ApiError::invalid(
-                    "owner_agent",
-                    "is required: this API key acts for several addresses, so name the inbox's owner (owner_agent query or x-owner-agent header)",
-                )
-            })?,
-        };
+        let owner = caller.owner_or_own(&parts.headers, query.owner_agent.as_deref())?;
         Ok(InboxRead { owner, query })
     }
 }

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Fields, JsonBody};
-use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::store::{DeliveryStatus, Store, StoreError, Subscription, WebhookEvent};
 
@@ -41,11 +40,7 @@ impl FromRequestParts<AppState> for Owner {
         let Query(query) = Query::<OwnerQuery>::from_request_parts(parts, state)
             .await
             .map_err(|error| ApiError::bad_request("invalid_query", error.body_text()))?;
-        let named = caller.owner(&parts.headers, query.owner_agent.as_deref())?;
-        let address = caller.actor(named.as_ref());
-        AgentAddress::parse(&address).map_err(|_| {
-            ApiError::invalid("owner_agent", "is required: this API key acts for several addresses, so name the owner")
-        })?;
+        let address = caller.owner_or_own(&parts.headers, query.owner_agent.as_deref())?.to_string();
         let include_inactive = matches!(query.include_inactive.as_deref(), Some("true" | "1"));
         Ok(Owner { address, include_inactive })
     }
