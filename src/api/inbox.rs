@@ -256,7 +256,7 @@ fn thread_call(call: IntentCall) -> ApiResult<(ThreadCall, Fields)> {
 async fn on_thread(
     state: &AppState,
     call: ThreadCall,
-    change: impl FnOnce(&mut Txn, Thread) -> ApiResult<Value> + Send + 'static,
+    change: impl FnOnce(&mut Txn, &Caller, Thread) -> ApiResult<Value> + Send + 'static,
 ) -> ApiResult<Json<Value>> {
     let ThreadCall { caller, owner, id, idempotency } = call;
     let answer = state
@@ -264,7 +264,7 @@ async fn on_thread(
         .write(move |txn| {
             once(txn, idempotency, |txn| {
                 let thread = visible_thread(txn.thread(id)?, &caller, owner.as_ref(), id)?;
-                change(txn, thread)
+                change(txn, &caller, thread)
             })
         })
         .await?;
@@ -293,7 +293,7 @@ pub async fn reply(State(state): State<AppState>, call: IntentCall) -> ApiResult
         .filter(|text| !text.trim().is_empty())
         .ok_or_else(|| ApiError::invalid("message", format!("is required (1 to {MAX_MESSAGE_CHARS} characters)")))?;
     fields.finish()?;
-    on_thread(&state, call, move |txn, mut thread| {
+    on_thread(&state, call, move |txn, _, mut thread| {
         let entry = message(thread.reply(Uuid::now_v7().to_string(), &text, &now_rfc3339()));
         let owner = thread.owner_agent.clone();
         let mut answer = saved(txn, thread)?;
@@ -324,7 +324,7 @@ pub async fn delegate(State(state): State<AppState>, call: IntentCall) -> ApiRes
     }
     let note = bounded_text(&mut fields, "note", MAX_COMMENT_CHARS)?;
     fields.finish()?;
-    on_thread(&state, call, move |txn, mut thread| {
+    on_thread(&state, call, move |txn, _, mut thread| {
         thread.delegate(delegate_to.as_str(), note.as_deref(), Uuid::now_v7().to_string(), &now_rfc3339())?;
         saved(txn, thread)
     })
@@ -349,7 +349,7 @@ async fn decide(state: AppState, call: IntentCall, approve: bool) -> ApiResult<J
     let comment = bounded_text(&mut fields, "comment", MAX_COMMENT_CHARS)?;
     fields.finish()?;
     let id = call.id;
-    on_thread(&state, call, move |txn, mut thread| {
+    on_thread(&state, call, move |txn, caller, mut thread| {
         thread.check_decidable()?;
         let mut stored = txn.intent(id)?.ok_or_else(|| {
             ApiError::conflict("intent_missing", format!("intent {id} of this thread is not on this node"))
@@ -371,23 +371,18 @@ async fn decide(state: AppState, call: IntentCall, approve: bool) -> ApiResult<J
             };
             forward_to_owner(txn, &stored, control)?
         } else {
-            // An open human task takes the decision as its answer, validated like any other.
-            let (applied, reason, events) = if stored.record.open_human_task().is_some() {
-                let outcome = if approve { "approved" } else { crate::intent::REJECTED };
-                let mut task_result = serde_json::Map::new();
-                task_result.insert("outcome".into(), json!(outcome));
-                if let Some(comment) = &comment {
-                    task_result.insert("comment".into(), json!(comment));
-                }
-                let decision = crate::intent::Decision { by: actor.clone(), at: at.clone(), via: "inbox".into() };
-                let (_, events) = stored.record.answer_human_task(&task_result, &decision)?;
-                (true, None, events)
+            // An open human task takes the decision as its answer: validated, checked against
+            // its answerers and audited like any other answer.
+            let (answer, events) = if stored.record.open_human_task().is_some() {
+                let input = serde_json::Map::new();
+                super::tasks::answer_decision(caller, &actor, &mut stored, approve, comment.as_deref(), input, "inbox")?
             } else {
                 let outcome = stored.record.resume(approve, details, Some(&actor), &at)?;
-                (outcome.applied, outcome.reason, outcome.events)
+                let answer = json!({"ok": true, "applied": outcome.applied, "reason": outcome.reason, "intent": views::intent(&stored)});
+                (answer, outcome.events)
             };
             txn.update_intent(&stored, &events)?;
-            json!({"ok": true, "applied": applied, "reason": reason, "intent": views::intent(&stored)})
+            answer
         };
         let thread = txn.thread(id)?.expect("the thread was saved in this write");
         answer["thread"] = view(&thread);
@@ -415,7 +410,7 @@ pub async fn delete_messages(State(state): State<AppState>, call: IntentCall) ->
         (None, None) => return Err(ApiError::invalid("message_ids", "message_ids or limit is required")),
     };
     fields.finish()?;
-    on_thread(&state, call, move |txn, mut thread| {
+    on_thread(&state, call, move |txn, _, mut thread| {
         let deleted = thread.delete_messages(&selection, mode)?;
         let mut answer = saved(txn, thread)?;
         answer["mode"] = json!(mode_name);
@@ -439,7 +434,7 @@ fn message_ids(value: Value) -> ApiResult<Vec<String>> {
 pub async fn read(State(state): State<AppState>, call: IntentCall) -> ApiResult<Json<Value>> {
     let (call, fields) = thread_call(call)?;
     fields.finish()?;
-    on_thread(&state, call, move |txn, mut thread| {
+    on_thread(&state, call, move |txn, _, mut thread| {
         thread.mark_read(&now_rfc3339());
         saved(txn, thread)
     })

@@ -598,14 +598,16 @@ pub async fn resume(State(state): State<AppState>, mut call: IntentCall) -> ApiR
             if stored.record.open_human_task().is_some() {
                 // A bare resume of a human task is an approve (or, refusing, a reject) with
                 // the body's other fields as the form.
-                let mut task_result = input.clone();
-                if !approve {
-                    task_result.insert("outcome".into(), json!(crate::intent::REJECTED));
-                }
-                if let Some(reason) = &reason {
-                    task_result.entry("comment").or_insert_with(|| json!(reason));
-                }
-                return super::tasks::apply(caller, &actor, stored, &task_result, &channel);
+                let input = input.clone();
+                return super::tasks::answer_decision(
+                    caller,
+                    &actor,
+                    stored,
+                    approve,
+                    reason.as_deref(),
+                    input,
+                    &channel,
+                );
             }
             let outcome = stored.record.resume(approve, details, Some(&actor), &now_rfc3339())?;
             let answer = json!({

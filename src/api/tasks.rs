@@ -82,6 +82,26 @@ pub(super) fn assign_at_create(txn: &mut Txn, record: &mut IntentRecord, at: &st
     Ok(events)
 }
 
+/// A plain decision — approve or refuse, with an optional comment and form fields — given to
+/// an intent whose human task is open, as that task's answer (see [`apply`]).
+pub(super) fn answer_decision(
+    caller: &Caller,
+    actor: &str,
+    stored: &mut StoredIntent,
+    approve: bool,
+    comment: Option<&str>,
+    mut task_result: Map<String, Value>,
+    via: &str,
+) -> ApiResult<(Value, Vec<LifecycleEvent>)> {
+    if !approve {
+        task_result.insert("outcome".into(), json!(crate::intent::REJECTED));
+    }
+    if let Some(comment) = comment {
+        task_result.entry("comment").or_insert_with(|| json!(comment));
+    }
+    apply(caller, actor, stored, &task_result, via)
+}
+
 /// Applies an answer inside `operate`'s change: checks who answers, validates, and records.
 pub(super) fn apply(
     caller: &Caller,
