@@ -6,7 +6,7 @@
 //! At-least-once: an attempt in flight when the node dies is made again after restart, since
 //! its schedule entry stays until the outcome is on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,10 @@ pub async fn run(store: Store, config: DeliverySection) {
         }
     };
     let mut notices = store.subscribe();
+    // Attempts in flight, by task and by delivery: their schedule entries stay until the
+    // outcome is written, so each scan sees them again.
     let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
     let mut attempts = JoinSet::new();
     loop {
         let now = now_unix_ms();
@@ -56,7 +59,7 @@ pub async fn run(store: Store, config: DeliverySection) {
         match store.due_deliveries(now, config.concurrency * 2) {
             Ok(due) => {
                 for id in due {
-                    if in_flight.values().any(|busy| *busy == id) {
+                    if busy.contains(&id) {
                         continue;
                     }
                     if in_flight.len() >= config.concurrency {
@@ -64,6 +67,7 @@ pub async fn run(store: Store, config: DeliverySection) {
                         break;
                     }
                     let task = attempts.spawn(attempt(store.clone(), client.clone(), config.clone(), id.clone()));
+                    busy.insert(id.clone());
                     in_flight.insert(task.id(), id);
                 }
             }
@@ -78,7 +82,9 @@ pub async fn run(store: Store, config: DeliverySection) {
                     Ok((task, ())) => task,
                     Err(error) => error.id(),
                 };
-                in_flight.remove(&task);
+                if let Some(id) = in_flight.remove(&task) {
+                    busy.remove(&id);
+                }
             }
             () = new_deliveries(&mut notices) => {}
             () = tokio::time::sleep(sleep) => {}
