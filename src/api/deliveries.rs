@@ -32,6 +32,16 @@ pub fn binding_view(binding: &AgentBinding) -> Value {
     })
 }
 
+/// A `callback_url` the node may deliver to: a URL, http(s), and not inside the node's network
+/// unless the config allows it (422 naming the field otherwise).
+pub fn callback_target(state: &AppState, raw: &str) -> ApiResult<url::Url> {
+    let url = url::Url::parse(raw).map_err(|error| ApiError::invalid("callback_url", error))?;
+    crate::delivery::check_target(&url, state.config().delivery.allow_private_targets).map_err(|refusal| {
+        ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, refusal.code(), format!("callback_url: {refusal}"))
+    })?;
+    Ok(url)
+}
+
 /// Sets how `agent` receives intents: `delivery_mode` stream, poll, http (with `callback_url`,
 /// optional `secret` — generated when absent and shown once — and `timeout_seconds`) or inbox.
 pub async fn bind(state: &AppState, caller: &Caller, agent: AgentAddress, mut fields: Fields) -> ApiResult<Value> {
@@ -56,14 +66,7 @@ pub async fn bind(state: &AppState, caller: &Caller, agent: AgentAddress, mut fi
     let binding = if mode == DeliveryMode::Http {
         let raw =
             callback_url.ok_or_else(|| ApiError::invalid("callback_url", "is required with delivery_mode http"))?;
-        let url = url::Url::parse(&raw).map_err(|error| ApiError::invalid("callback_url", error))?;
-        crate::delivery::check_target(&url, state.config().delivery.allow_private_targets).map_err(|refusal| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                refusal.code(),
-                format!("callback_url: {refusal}"),
-            )
-        })?;
+        let url = callback_target(state, &raw)?;
         if timeout_seconds.is_some_and(|seconds| seconds > 300) {
             return Err(ApiError::invalid("timeout_seconds", "must be at most 300"));
         }

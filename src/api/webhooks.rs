@@ -74,10 +74,7 @@ pub async fn upsert_subscription(
     if !(8..=2048).contains(&callback_url.len()) {
         return Err(ApiError::invalid("callback_url", "must be 8 to 2048 characters"));
     }
-    let url = url::Url::parse(&callback_url).map_err(|error| ApiError::invalid("callback_url", error))?;
-    crate::delivery::check_target(&url, state.config().delivery.allow_private_targets).map_err(|refusal| {
-        ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, refusal.code(), format!("callback_url: {refusal}"))
-    })?;
+    let url = super::deliveries::callback_target(&state, &callback_url)?;
     let event_types = match fields.value("event_types") {
         Some(Value::Array(types)) if (1..=32).contains(&types.len()) => types
             .into_iter()
