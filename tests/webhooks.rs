@@ -165,6 +165,9 @@ async fn private_targets_are_refused_by_default_and_bad_bindings_say_why() {
         let (status, answer) = api.post(&path, body.clone()).await;
         assert_eq!((status, answer["error"]["code"].as_str()), (422, Some(code)), "{body}: {answer}");
     }
+    let unicode = json!({"delivery_mode": "http", "callback_url": "https://hooks.example.com/h", "secret": "ключ-подписи-вебхука"});
+    let (status, body) = api.post(&path, unicode).await;
+    assert_eq!((status, body["binding"]["secret_hint"].as_str()), (200, Some("…хука")), "{body}");
     let scoped = node.api(&node.key_for(&["agent://acme/other/*"]).await);
     let (status, _) = scoped.post(&path, json!({"delivery_mode": "poll"})).await;
     assert_eq!(status, 403);

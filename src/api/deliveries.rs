@@ -19,9 +19,15 @@ use crate::store::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus};
 /// Shortest accepted signing secret, as for webhook subscriptions.
 const MIN_SECRET_CHARS: usize = 16;
 
+/// A signing secret as shown after it was set: its last four characters.
+pub fn secret_hint(secret: &str) -> String {
+    let tail: Vec<char> = secret.chars().rev().take(4).collect();
+    format!("…{}", tail.into_iter().rev().collect::<String>())
+}
+
 /// The binding as shown: never the secret, only whether there is one and its last characters.
 pub fn binding_view(binding: &AgentBinding) -> Value {
-    let hint = binding.secret.as_ref().map(|secret| format!("…{}", &secret[secret.len().saturating_sub(4)..]));
+    let hint = binding.secret.as_deref().map(secret_hint);
     json!({
         "address": binding.address,
         "delivery_mode": binding.mode,

@@ -47,7 +47,6 @@ impl FromRequestParts<AppState> for Owner {
 }
 
 fn subscription_view(subscription: &Subscription) -> Value {
-    let secret = &subscription.secret;
     json!({
         "subscription_id": subscription.subscription_id,
         "owner_agent": subscription.owner_agent,
@@ -58,7 +57,7 @@ fn subscription_view(subscription: &Subscription) -> Value {
         "created_at": subscription.created_at,
         "updated_at": subscription.updated_at,
         "revoked_at": subscription.revoked_at,
-        "secret_hint": format!("…{}", &secret[secret.len().saturating_sub(4)..]),
+        "secret_hint": super::deliveries::secret_hint(&subscription.secret),
     })
 }
 
