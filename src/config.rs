@@ -21,6 +21,11 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub delivery: DeliverySection,
+    #[serde(default)]
+    pub web: WebSection,
+    /// The SMTP server for task emails; without it no email is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailSection>,
     /// The shared registry; without it the node is standalone and every address is local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistrySection>,
@@ -114,6 +119,81 @@ impl Default for DeliverySection {
     }
 }
 
+/// The pages people answer tasks on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Where people reach this node, for the links in emails (`https://tasks.acme.example`).
+    /// Unset: `http://` and the address the node listens on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<url::Url>,
+    /// How long a sign-in to the task list lasts.
+    pub session_hours: u64,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection { public_url: None, session_hours: 12 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on the same host).
+    None,
+    /// STARTTLS on the submission port, required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSection {
+    pub smtp_host: String,
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The SMTP password, in a file of its own (never in this file or the logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The From header, `Name <address>` or an address.
+    pub from: String,
+    /// How long a magic link in a task email stays valid.
+    #[serde(default = "default_link_ttl")]
+    pub link_ttl_seconds: u64,
+    /// Attempts before a mail is given up.
+    #[serde(default = "default_mail_attempts")]
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt; it doubles with each further failure.
+    #[serde(default = "default_mail_retry_ms")]
+    pub retry_base_ms: u64,
+    /// Emails of agent addresses, for escalations to an agent that people stand behind.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contacts: std::collections::BTreeMap<String, String>,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_link_ttl() -> u64 {
+    72 * 3600
+}
+
+fn default_mail_attempts() -> u32 {
+    8
+}
+
+fn default_mail_retry_ms() -> u64 {
+    5000
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -148,6 +228,8 @@ impl Config {
             limits: Limits::default(),
             log: LogSection::default(),
             delivery: DeliverySection::default(),
+            web: WebSection::default(),
+            email: None,
             registry: None,
             matrix: None,
         }
@@ -166,6 +248,11 @@ impl Config {
         }
         if let Some(registry) = config.registry.as_mut().filter(|registry| registry.dir.is_relative()) {
             registry.dir = base.join(&registry.dir);
+        }
+        if let Some(file) = config.email.as_mut().and_then(|email| email.password_file.as_mut())
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         if let Some(matrix) = config.matrix.as_mut() {
             for file in [&mut matrix.password_file, &mut matrix.store_passphrase_file] {
@@ -235,6 +322,32 @@ impl Config {
                 field: "delivery",
                 message: "timeout_seconds, max_attempts and concurrency must be positive".into(),
             });
+        }
+        if let Some(email) = &self.email {
+            if email.link_ttl_seconds == 0 || email.max_attempts == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "email",
+                    message: "link_ttl_seconds and max_attempts must be positive".into(),
+                });
+            }
+            if email.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "email.from",
+                    message: format!(
+                        "{:?} is not an address (use `Name <tasks@example.com>` or an address)",
+                        email.from
+                    ),
+                });
+            }
+            if let Some((address, email)) = email.contacts.iter().find(|(_, email)| !crate::intent::is_email(email)) {
+                return Err(ConfigError::Invalid {
+                    field: "email.contacts",
+                    message: format!("{email:?} (for {address}) is not an email address"),
+                });
+            }
+        }
+        if self.web.session_hours == 0 {
+            return Err(ConfigError::Invalid { field: "web.session_hours", message: "must be positive".into() });
         }
         Ok(())
     }

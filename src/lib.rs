@@ -13,6 +13,7 @@
 //! - [`transport`]: intents and their events between orgs' nodes over Matrix.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration file.
 //! - [`client`]: a small HTTP client for the CLI and the benchmark.
+//! - [`web`]: the pages people answer human tasks on; [`mail`]: the emails that lead there.
 
 pub mod address;
 pub mod api;
@@ -23,9 +24,11 @@ pub mod config;
 pub mod delivery;
 pub mod inbox;
 pub mod intent;
+pub mod mail;
 pub mod node;
 pub mod registry;
 pub mod routing;
 pub mod store;
 pub mod timers;
 pub mod transport;
+pub mod web;

@@ -16,10 +16,13 @@ use crate::api::{self, AppState};
 use crate::auth::issue_key;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::config::{CONFIG_FILE, Config};
+use crate::mail::Mailer;
 use crate::routing::Routing;
 use crate::store::{Store, StoreError};
+use crate::web::link::LinkKey;
 
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+pub const LINK_KEY_FILE: &str = "links.key";
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,10 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -106,8 +113,15 @@ pub async fn run(
     if config.matrix.is_some() {
         upkeep.extend(crate::transport::matrix::start(&config, store.clone(), routing.clone()).await?);
     }
+    let links = LinkKey::new(&link_secret(&config.node.data_dir)?);
+    let public_url = match &config.web.public_url {
+        Some(url) => url.clone(),
+        None => url::Url::parse(&format!("http://{addr}/")).expect("a socket address makes a URL"),
+    };
+    let mailer = Mailer::new(config.email.as_ref(), links.clone(), public_url).map_err(NodeError::Mail)?;
+    upkeep.push(tokio::spawn(crate::mail::run(store.clone(), Arc::new(mailer))));
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
-    let router = api::router(AppState::new(store, config, routing, stopping));
+    let router = api::router(AppState::new(store, config, routing, stopping, links));
     // Small SSE frames and answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -128,6 +142,21 @@ pub async fn run(
     // The router (and with it every store handle) is gone: the writer drains and flushes.
     writer.finished().await;
     served.map_err(NodeError::Serve)
+}
+
+/// The key that signs magic links and sessions: 32 random bytes in `links.key`, made on the
+/// first start. Deleting the file voids every link and session.
+fn link_secret(data_dir: &Path) -> Result<Vec<u8>, NodeError> {
+    let path = data_dir.join(LINK_KEY_FILE);
+    if !path.exists() {
+        let secret: [u8; 32] = rand::random();
+        write_private(&path, hex::encode(secret).as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| NodeError::Read { path: path.clone(), source })?;
+    hex::decode(text.trim()).map_err(|_| NodeError::Read {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a hex key; delete it to make a new one"),
+    })
 }
 
 /// Forgets idempotency records older than the TTL, in small batches.

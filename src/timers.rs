@@ -10,8 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::intent::{EventType, Fired, TimerKind};
@@ -53,19 +51,8 @@ pub async fn run(store: Store, routing: Arc<Routing>, federation: bool) {
         let next = store.next_timer_due_after(now).ok().flatten();
         let sleep = next.map_or(MAX_SLEEP, |due| Duration::from_millis(due.saturating_sub(now)).min(MAX_SLEEP));
         tokio::select! {
-            () = schedule_changed(&mut notices) => {}
+            () = CommitNotice::next_where(&mut notices, |notice| notice.timers) => {}
             () = tokio::time::sleep(sleep) => {}
-        }
-    }
-}
-
-async fn schedule_changed(notices: &mut broadcast::Receiver<Arc<CommitNotice>>) {
-    loop {
-        match notices.recv().await {
-            Ok(notice) if notice.timers => return,
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
 }

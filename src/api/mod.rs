@@ -28,6 +28,7 @@ use axum::routing::{delete, get, post};
 use tracing::Instrument;
 
 pub use error::{ApiError, ApiResult};
+pub use tasks::{answerers as task_answerers, task_answered};
 
 use crate::config::Config;
 use crate::routing::Routing;
@@ -43,6 +44,10 @@ struct Inner {
     limiter: limit::RateLimiter,
     /// Turns true when the node begins to shut down: open streams close at once.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Signs magic links and web sessions.
+    links: crate::web::link::LinkKey,
+    /// When each address was last sent a sign-in link (unix ms).
+    sign_ins: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AppState {
@@ -51,9 +56,31 @@ impl AppState {
         config: Config,
         routing: Arc<Routing>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        links: crate::web::link::LinkKey,
     ) -> Self {
         let limiter = limit::RateLimiter::new(config.limits.rate_limit_per_second);
-        AppState(Arc::new(Inner { store, config, routing, limiter, stopping }))
+        let sign_ins = Default::default();
+        AppState(Arc::new(Inner { store, config, routing, limiter, stopping, links, sign_ins }))
+    }
+
+    pub fn links(&self) -> &crate::web::link::LinkKey {
+        &self.0.links
+    }
+
+    pub fn public_url_is_https(&self) -> bool {
+        self.0.config.web.public_url.as_ref().is_some_and(|url| url.scheme() == "https")
+    }
+
+    /// Whether `email` may be sent a sign-in link now (one per `interval_ms`); notes it if so.
+    pub fn sign_in_allowed(&self, email: &str, interval_ms: u64) -> bool {
+        let now = crate::clock::now_unix_ms();
+        let mut last = self.0.sign_ins.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.retain(|_, at| now.saturating_sub(*at) < interval_ms);
+        if last.contains_key(email) {
+            return false;
+        }
+        last.insert(email.to_owned(), now);
+        true
     }
 
     fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -121,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/registry/resolve", get(registry::resolve))
         .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/admin/keys/{key_id}/revoke", post(admin::revoke_key))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::not_found("route") })
         // Bodies are read by `JsonBody`, which applies the node's own limit and answers 413 in JSON.
         .layer(DefaultBodyLimit::disable())

@@ -4,7 +4,7 @@
 //!
 //! The task rules (types, outcomes, forms, what an answer does to the intent) are
 //! `crate::intent::human_task`'s; this module decides who may answer, reads the request and
-//! writes the change through `intents::operate`. Email magic links and web forms are not here.
+//! writes the change through `intents::operate`. Email magic links and web pages are `crate::web`'s.
 //!
 //! Who may answer: a key that may act for the intent's handler, for its `escalate_to`, or for
 //! one of the task's `assignees` that is an agent address. The approval id of
@@ -43,7 +43,7 @@ impl From<TaskError> for ApiError {
 
 /// The addresses that may answer the intent's task: its handler, `escalate_to`, and the
 /// assignees that are agent addresses (emails and role names match no key).
-fn answerers(record: &IntentRecord, task: &HumanTask) -> Vec<AgentAddress> {
+pub fn answerers(record: &IntentRecord, task: &HumanTask) -> Vec<AgentAddress> {
     let escalate_to = record.options.get("escalate_to").and_then(Value::as_str);
     [record.handler()]
         .into_iter()
@@ -151,13 +151,17 @@ pub(super) fn apply(
 }
 
 /// After an answer: the task leaves the index, and the handler is told it is its turn again.
-fn wake_handler(txn: &mut Txn, stored: &mut StoredIntent, _: &[LifecycleEvent], _: &mut Value) -> ApiResult<()> {
+pub fn task_answered(txn: &mut Txn, stored: &StoredIntent) {
     if let Some((others, id)) = indexed(&stored.record) {
         for address in others {
             txn.unindex_task(address.as_str(), id);
         }
     }
     txn.notify_agent(stored.record.handler());
+}
+
+fn wake_handler(txn: &mut Txn, stored: &mut StoredIntent, _: &[LifecycleEvent], _: &mut Value) -> ApiResult<()> {
+    task_answered(txn, stored);
     Ok(())
 }
 

@@ -86,19 +86,8 @@ pub async fn run(store: Store, config: DeliverySection) {
                     busy.remove(&id);
                 }
             }
-            () = new_deliveries(&mut notices) => {}
+            () = crate::store::CommitNotice::next_where(&mut notices, |notice| notice.deliveries) => {}
             () = tokio::time::sleep(sleep) => {}
-        }
-    }
-}
-
-async fn new_deliveries(notices: &mut tokio::sync::broadcast::Receiver<Arc<crate::store::CommitNotice>>) {
-    loop {
-        match notices.recv().await {
-            Ok(notice) if notice.deliveries => return,
-            Ok(_) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
 }

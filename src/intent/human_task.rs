@@ -183,6 +183,8 @@ pub struct HumanTask {
     pub evidence_required: bool,
     pub assignees: Vec<String>,
     pub form_schema: Option<FormSchema>,
+    /// Who gets the task by email (a magic link), besides assignees that are email addresses.
+    pub notify_email: Option<String>,
 }
 
 const TASK_FIELDS: [&str; 9] = [
@@ -255,7 +257,10 @@ impl HumanTask {
         if string_of(object, PATH, "description")?.is_some_and(|text| text.chars().count() > 2000) {
             return Err(invalid(format!("{PATH}.description"), "must be at most 2000 characters"));
         }
-        string_of(object, PATH, "notify_email")?;
+        let notify_email = string_of(object, PATH, "notify_email")?.map(str::to_owned);
+        if let Some(email) = notify_email.as_deref().filter(|email| !is_email(email)) {
+            return Err(invalid(format!("{PATH}.notify_email"), format!("{email:?} is not an email address")));
+        }
         let task_type = match string_of(object, PATH, "task_type")? {
             None => TaskType::Approval,
             Some(raw) => TaskType::parse(raw).ok_or_else(|| {
@@ -283,7 +288,26 @@ impl HumanTask {
             evidence_required: bool_of(object, PATH, "evidence_required")?,
             assignees: strings_of(object, PATH, "assignees", 20, 383)?.unwrap_or_default(),
             form_schema,
+            notify_email,
         })
+    }
+
+    /// The people who answer by email: `notify_email` and the assignees that are email
+    /// addresses, lower-cased, each once.
+    pub fn emails(&self) -> Vec<String> {
+        let mut emails: Vec<String> = Vec::new();
+        for email in self.notify_email.iter().chain(&self.assignees).filter(|raw| is_email(raw)) {
+            let email = email.to_ascii_lowercase();
+            if !emails.contains(&email) {
+                emails.push(email);
+            }
+        }
+        emails
+    }
+
+    /// The outcomes a person may pick, in order; `None` is any.
+    pub fn choices(&self) -> Option<Vec<&str>> {
+        self.outcomes()
     }
 
     /// The task of an intent, if it has one (its options were checked at create).
@@ -364,6 +388,19 @@ impl HumanTask {
     }
 }
 
+/// An email address as a task names its people: one `@` between a non-empty local part and a
+/// dotted domain, no spaces or angle brackets (the address goes into mail headers).
+pub fn is_email(text: &str) -> bool {
+    let Some((local, domain)) = text.split_once('@') else { return false };
+    !local.is_empty()
+        && text.len() <= 254
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+}
+
 fn has_text(data: &Map<String, Value>, name: &str) -> bool {
     data.get(name).and_then(Value::as_str).is_some_and(|text| !text.trim().is_empty())
 }
@@ -421,6 +458,8 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq)]
 struct FieldRule {
     kind: FieldKind,
+    title: Option<String>,
+    description: Option<String>,
     choices: Option<Vec<Value>>,
     min_length: Option<u64>,
     max_length: Option<u64>,
@@ -428,8 +467,8 @@ struct FieldRule {
     maximum: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum FieldKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
     String,
     Number,
     Integer,
@@ -501,6 +540,18 @@ impl FormSchema {
         Ok(schema)
     }
 
+    /// The fields in schema order, as a page shows them.
+    pub fn fields(&self) -> impl Iterator<Item = FormField<'_>> {
+        self.fields.iter().map(|(name, rule)| FormField {
+            name,
+            kind: rule.kind,
+            title: rule.title.as_deref(),
+            description: rule.description.as_deref(),
+            choices: rule.choices.as_deref(),
+            required: self.required.contains(name),
+        })
+    }
+
     /// Validates form data; errors name `<path>.<field>`.
     pub fn validate(&self, data: &Map<String, Value>, path: &str) -> Result<(), TaskError> {
         for name in &self.required {
@@ -521,6 +572,17 @@ impl FormSchema {
         }
         Ok(())
     }
+}
+
+/// A form field as a page shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FormField<'a> {
+    pub name: &'a str,
+    pub kind: FieldKind,
+    pub title: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub choices: Option<&'a [Value]>,
+    pub required: bool,
 }
 
 impl FieldRule {
@@ -549,8 +611,11 @@ impl FieldRule {
             Some(Value::Array(items)) if !items.is_empty() => Some(items.clone()),
             Some(_) => return Err(invalid(format!("{path}.enum"), "must be a non-empty list")),
         };
+        let annotation = |name: &str| rule.get(name).and_then(Value::as_str).map(str::to_owned);
         Ok(FieldRule {
             kind,
+            title: annotation("title"),
+            description: annotation("description"),
             choices,
             min_length: length_keyword(rule, path, "minLength")?,
             max_length: length_keyword(rule, path, "maxLength")?,

@@ -13,7 +13,9 @@ mod status;
 mod timers;
 
 pub use event::{EventType, LifecycleEvent};
-pub use human_task::{Answer, Decision, FormSchema, HumanTask, REJECTED, TaskError, TaskType};
+pub use human_task::{
+    Answer, Decision, FieldKind, FormField, FormSchema, HumanTask, REJECTED, TaskError, TaskType, is_email,
+};
 pub use lifecycle::{LifecycleError, check_transition};
 #[cfg(test)]
 pub(crate) use record::sample;

@@ -19,7 +19,7 @@
 //!   one `remind_interval_seconds` after the previous one *fired* (so a node that was down sends
 //!   one late reminder, not a burst). `max_reminders` is a budget for the whole intent. Each
 //!   firing appends `intent.reminder` with `details.n`, `details.of`, `pending_with` and the
-//!   `notification` (recorded, not sent: email comes later).
+//!   `notification` (`notification.email` lists the people the node mails, see `crate::mail`).
 //! - **Escalation** (`escalate_to`): once the reminder budget is spent, one more slot later
 //!   (`remind_interval_seconds` after the last reminder), `intent.escalated`
 //!   (`details.escalated_to`, `from_handler`, `reassigned`), followed, when the target can take
@@ -275,7 +275,7 @@ impl IntentRecord {
                     "of": max,
                     "remind_count": n,
                     "pending_with": {"type": "human", "ref": handler, "name": handler},
-                    "notification": {"to": handler, "channels": ["events"], "email": "not_sent"},
+                    "notification": {"to": handler, "channels": ["events"], "email": self.task_emails()},
                     "timer": "reminder",
                 });
                 vec![self.note(EventType::Reminder, actor, details, at)?]
@@ -298,6 +298,11 @@ impl IntentRecord {
         Ok(Fired::Applied(events))
     }
 
+    /// The people a reminder or an escalation is mailed to, besides the target's contact.
+    fn task_emails(&self) -> Vec<String> {
+        super::HumanTask::of(self).map(|task| task.emails()).unwrap_or_default()
+    }
+
     fn escalate(&mut self, reassign: Result<(), String>, at: &str) -> Result<Vec<LifecycleEvent>, LifecycleError> {
         let target = self.options.get("escalate_to").and_then(Value::as_str).unwrap_or_default().to_owned();
         let from = self.handler().to_owned();
@@ -312,7 +317,7 @@ impl IntentRecord {
             "after_reminders": self.timer_state.reminders,
             "reassigned": refusal.is_none(),
             "reason": refusal,
-            "notification": {"to": target, "channels": ["events"], "email": "not_sent"},
+            "notification": {"to": target, "channels": ["events"], "email": self.task_emails()},
             "timer": "escalation",
         });
         let mut events = vec![self.note(EventType::Escalated, Some(TIMER_ACTOR), details, at)?];

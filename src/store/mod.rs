@@ -36,6 +36,7 @@
 //! | `tq/` | due (unix ms BE), intent id, kind tag (u8), n (u32 BE) | nothing: schedule of intent timers |
 //! | `ti/` | intent id | the intent's timers now in `tq/` |
 //! | `ht/` | address, 0, intent id | nothing: open human tasks an address answers, not as handler |
+//! | `mj/ mq/ pt/ lu/ hs/` | see `people` | task emails, people's task lists, spent links, web sessions |
 
 mod agents;
 mod deliveries;
@@ -44,6 +45,7 @@ mod inbox;
 mod intents;
 mod keys;
 mod outbox;
+mod people;
 mod registry;
 mod tasks;
 mod timers;
@@ -62,6 +64,7 @@ pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus, Subje
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
+pub use people::{MailAbout, MailJob, MailStatus, Recipient, Session};
 pub use timers::DueTimer;
 pub use txn::{CommitNotice, Txn};
 pub use webhooks::{Subscription, WebhookEvent};
@@ -161,6 +164,17 @@ impl Store {
     /// Notices of committed batches, for streams that wait for news.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitNotice>> {
         self.commits.subscribe()
+    }
+
+    /// The ids that end the keys under `prefix` (index keys `prefix ++ id`), in key order.
+    fn ids_after_prefix(&self, prefix: &[u8]) -> Result<Vec<uuid::Uuid>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, _) = item?;
+                uuid::Uuid::from_slice(&key[prefix.len()..]).map_err(|error| StoreError::Corrupt(error.to_string()))
+            })
+            .collect()
     }
 
     fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {

@@ -29,14 +29,7 @@ impl Store {
     /// Intents whose task `address` is asked to answer, oldest id first (may include tasks
     /// already over).
     pub fn tasks_of(&self, address: &str) -> Result<Vec<Uuid>, StoreError> {
-        let prefix = [b"ht/".as_slice(), address.as_bytes(), &[0]].concat();
-        self.tree
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, _) = item?;
-                Uuid::from_slice(&key[prefix.len()..]).map_err(|error| StoreError::Corrupt(error.to_string()))
-            })
-            .collect()
+        self.ids_after_prefix(&[b"ht/".as_slice(), address.as_bytes(), &[0]].concat())
     }
 }
 

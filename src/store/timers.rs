@@ -44,7 +44,7 @@ fn parse_schedule_key(key: &[u8]) -> Result<DueTimer, StoreError> {
 }
 
 /// Whether this node runs the intent's timers: it sequences the intent's log.
-fn owns(stored: &StoredIntent) -> bool {
+pub(super) fn owns(stored: &StoredIntent) -> bool {
     stored.link.as_ref().is_none_or(|link| link.role == LinkRole::Handler)
 }
 

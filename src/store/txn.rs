@@ -19,6 +19,27 @@ pub struct CommitNotice {
     pub deliveries: bool,
     /// The timer schedule changed.
     pub timers: bool,
+    /// A mail was queued or rescheduled.
+    pub mail: bool,
+}
+
+impl CommitNotice {
+    /// Waits for the next commit that `wanted` picks. A lagging receiver counts as one (a
+    /// notice may have been missed); a closed channel never arrives.
+    pub async fn next_where(
+        notices: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<CommitNotice>>,
+        wanted: impl Fn(&CommitNotice) -> bool,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match notices.recv().await {
+                Ok(notice) if wanted(&notice) => return,
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => return,
+                Err(RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
 }
 
 pub struct Txn<'a> {
@@ -98,6 +119,10 @@ impl<'a> Txn<'a> {
         self.job_notice.timers = true;
     }
 
+    pub fn notify_mail(&mut self) {
+        self.job_notice.mail = true;
+    }
+
     pub fn notify_agent(&mut self, address: &str) {
         self.job_notice.agents.insert(address.to_owned());
     }
@@ -109,6 +134,7 @@ impl<'a> Txn<'a> {
         self.notice.outbox |= self.job_notice.outbox;
         self.notice.deliveries |= self.job_notice.deliveries;
         self.notice.timers |= self.job_notice.timers;
+        self.notice.mail |= self.job_notice.mail;
     }
 
     pub(super) fn discard_job(&mut self) {

@@ -5,6 +5,7 @@
 
 pub mod kit;
 pub mod receiver;
+pub mod smtp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
