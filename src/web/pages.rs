@@ -164,7 +164,7 @@ pub fn task(page: &TaskPage) -> Markup {
                                 label for=(name) { (label) @if field.required { " (required)" } }
                                 @if let Some(description) = field.description { div class="hint" { (description) } }
                                 @if let Some(error) = &error { div id=(error_id) class="error" { (error) } }
-                                select id=(name) name=(name) required[field.required]
+                                select id=(name) name=(name) aria-required=[field.required.then_some("true")]
                                     aria-invalid=[error.as_ref().map(|_| "true")]
                                     aria-describedby=[error.as_ref().map(|_| &error_id)] {
                                     option value="" { "Choose…" }
@@ -181,6 +181,7 @@ pub fn task(page: &TaskPage) -> Markup {
                                 input type=(if kind == FieldKind::String { "text" } else { "number" })
                                     step=[(kind == FieldKind::Number).then_some("any")]
                                     id=(name) name=(name) value=(value_of(page, &name))
+                                    aria-required=[field.required.then_some("true")]
                                     aria-invalid=[error.as_ref().map(|_| "true")]
                                     aria-describedby=[error.as_ref().map(|_| &error_id)];
                             }
