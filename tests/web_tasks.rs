@@ -17,7 +17,10 @@ const HANDLER: &str = "agent://acme/test/desk";
 const ANN: &str = "ann@example.com";
 
 fn node(sink: &Sink, extra: &str) -> TestNode {
-    let port = sink.port;
+    node_mailing_to(sink.port, extra)
+}
+
+fn node_mailing_to(port: u16, extra: &str) -> TestNode {
     let extra = extra.to_owned();
     TestNode::start_with(move |text| {
         text.push_str(&format!(
@@ -96,6 +99,26 @@ async fn a_mailed_link_answers_the_task_once() {
         assert!(html.contains("already used"), "{html}");
     }
     assert_eq!(node.admin().events(&id).await.len(), events.len(), "a spent link changes nothing");
+}
+
+#[tokio::test]
+async fn a_queued_mail_survives_sigkill_and_goes_out_once() {
+    // Nobody listens on the SMTP port yet: the mail waits in the queue, retried.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut node = node_mailing_to(port, "");
+    let id = create(&node, json!({"human_task": {"title": "Sign the lease", "notify_email": ANN}})).await;
+    node.kill();
+    let sink = Sink::start_on(port).await;
+    node.restart();
+    let mail = sink.wait_for(ANN, 1).await;
+    assert_eq!(mail.subject(), "Your approval is needed: Sign the lease");
+    // The link was signed with the key the node keeps across restarts.
+    let link = local(&node, &mail.link("/tasks/link/"));
+    let (status, html) = page(&browser(), &link).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(&id), "{html}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.mails().len(), 1, "sent once");
 }
 
 #[tokio::test]

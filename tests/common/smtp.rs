@@ -62,7 +62,12 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start() -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sink::start_on(0).await
+    }
+
+    /// A sink on a given port (0: any free one).
+    pub async fn start_on(port: u16) -> Sink {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let sink = Sink { port: listener.local_addr().unwrap().port(), mails: Arc::default() };
         let mails = sink.mails.clone();
         tokio::spawn(async move {
