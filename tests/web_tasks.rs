@@ -276,3 +276,35 @@ async fn a_signed_in_person_answers_from_their_task_list() {
     assert!(html.contains("Email address"), "{html}");
     assert_eq!(signed_in(&format!("/tasks/{id}")).send().await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+async fn admins_see_what_was_mailed_and_why_not() {
+    // No [email] section: mails are recorded as skipped, with the reason.
+    let node = TestNode::start();
+    let id = create(&node, json!({"human_task": {"title": "Renew the cert", "notify_email": ANN}})).await;
+    let mails = common::eventually("the mail record", Duration::from_secs(10), async || {
+        let (status, body) = node.admin().get(&format!("/v1/admin/mails?intent_id={id}")).await;
+        assert_eq!(status, 200, "{body}");
+        let mails = body["mails"].as_array().cloned().unwrap_or_default();
+        (mails.first().is_some_and(|mail| mail["status"]["state"] == "skipped")).then_some(mails)
+    })
+    .await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["to"], json!({"kind": "email", "value": ANN}));
+    assert!(mails[0]["status"]["reason"].as_str().unwrap().contains("no SMTP server"), "{}", mails[0]);
+
+    let (status, body) = node.admin().get("/v1/admin/mails?status=lost").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")), "{body}");
+    let key = node.key_for(&[HANDLER]).await;
+    let (status, body) = node.api(&key).get("/v1/admin/mails").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("admin_required")), "{body}");
+
+    let output = std::process::Command::new(common::AXP)
+        .args(["tasks", "mails", "--status", "skipped"])
+        .env("AXP_URL", &node.url)
+        .env("AXP_API_KEY", &node.admin_key)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && printed.contains(ANN) && printed.contains(&id), "{printed}");
+}

@@ -1,7 +1,8 @@
-//! `/v1/admin/keys`: issuing, listing and revoking API keys. Admin keys only.
+//! `/v1/admin/keys`: issuing, listing and revoking API keys; `/v1/admin/mails`: what the node
+//! mailed to people about their tasks, and how it went. Admin keys only.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -16,7 +17,7 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
         return Ok(());
     }
     tracing::warn!(target: "axp::audit", decision = "denied", key_id = %caller.key.key_id, "admin operation refused");
-    Err(ApiError::forbidden("admin_required", "managing API keys needs an admin key"))
+    Err(ApiError::forbidden("admin_required", "this operation needs an admin key"))
 }
 
 fn key_view(record: &ApiKeyRecord) -> Value {
@@ -77,6 +78,49 @@ pub async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResu
     require_admin(&caller)?;
     let keys: Vec<Value> = state.store().api_keys()?.iter().map(key_view).collect();
     Ok(Json(json!({"ok": true, "keys": keys})))
+}
+
+#[derive(serde::Deserialize)]
+pub struct MailsQuery {
+    status: Option<String>,
+    intent_id: Option<String>,
+    limit: Option<usize>,
+}
+
+const MAIL_STATES: [&str; 4] = ["pending", "sent", "failed", "skipped"];
+
+/// `GET /v1/admin/mails?status=&intent_id=&limit=`: mail jobs, newest first. Links are not
+/// stored, so none are shown.
+pub async fn list_mails(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<MailsQuery>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&caller)?;
+    if let Some(status) = query.status.as_deref().filter(|status| !MAIL_STATES.contains(status)) {
+        return Err(ApiError::invalid("status", format!("{status:?} is not one of {}", MAIL_STATES.join(", "))));
+    }
+    let intent_id = match query.intent_id.as_deref() {
+        Some(raw) => {
+            Some(uuid::Uuid::parse_str(raw).map_err(|_| ApiError::invalid("intent_id", "must be an intent id"))?)
+        }
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let mut mails = Vec::new();
+    for job in state.store().mails() {
+        let job = job?;
+        let view = serde_json::to_value(&job).expect("mail jobs serialise");
+        let wanted = query.status.as_deref().is_none_or(|status| view["status"]["state"] == status)
+            && intent_id.is_none_or(|id| job.about.intent_id() == Some(id));
+        if wanted {
+            mails.push(view);
+            if mails.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok(Json(json!({"ok": true, "mails": mails})))
 }
 
 pub async fn revoke_key(

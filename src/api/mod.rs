@@ -148,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/registry/resolve", get(registry::resolve))
         .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/admin/keys/{key_id}/revoke", post(admin::revoke_key))
+        .route("/v1/admin/mails", get(admin::list_mails))
         .merge(crate::web::routes())
         .fallback(|| async { ApiError::not_found("route") })
         // Bodies are read by `JsonBody`, which applies the node's own limit and answers 413 in JSON.

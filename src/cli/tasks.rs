@@ -43,6 +43,15 @@ enum TasksCommand {
         #[arg(long, short)]
         comment: Option<String>,
     },
+    /// What the node mailed people about their tasks (admin key), newest first.
+    Mails {
+        /// pending, sent, failed or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only the mails about this intent.
+        #[arg(long)]
+        intent: Option<String>,
+    },
     /// Answer with form fields, evidence files and any outcome.
     Submit {
         intent_id: String,
@@ -95,6 +104,34 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 println!("status   {} {waiting}", intent["status"].as_str().unwrap_or("-"));
                 println!("task     {}", serde_json::to_string_pretty(&intent["human_task"])?);
                 println!("payload  {}", intent["payload"]);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TasksCommand::Mails { status, intent } => {
+            let query: Vec<String> = [("status", status), ("intent_id", intent)]
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))
+                .collect();
+            let answer = client.get(&format!("/v1/admin/mails?{}", query.join("&"))).await?;
+            if json_output {
+                print_json(&answer);
+            } else {
+                for mail in answer["mails"].as_array().into_iter().flatten() {
+                    let status = &mail["status"];
+                    let detail = [&status["at"], &status["reason"], &status["error"], &mail["last_error"]]
+                        .into_iter()
+                        .find_map(|value| value.as_str())
+                        .unwrap_or("");
+                    println!(
+                        "{}  {:<8} {:<14} to={}  intent={}  attempts={}  {detail}",
+                        mail["id"].as_str().unwrap_or("-"),
+                        status["state"].as_str().unwrap_or("-"),
+                        mail["about"]["about"].as_str().unwrap_or("-"),
+                        mail["to"]["value"].as_str().unwrap_or("-"),
+                        mail["about"]["intent_id"].as_str().unwrap_or("-"),
+                        mail["attempts"]
+                    );
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -240,9 +240,9 @@ impl Store {
         self.get_json(&job_key(id))
     }
 
-    /// Every mail job, oldest first (operators and tests look at what went out).
+    /// Every mail job, newest first (ids are time-ordered), for operators.
     pub fn mails(&self) -> impl Iterator<Item = Result<MailJob, StoreError>> + '_ {
-        self.tree.scan_prefix(JOBS).map(|item| super::decode(&item?.1))
+        self.tree.scan_prefix(JOBS).rev().map(|item| super::decode(&item?.1))
     }
 
     /// The intents whose open task `email` answers (entries of tasks since closed another way
