@@ -95,14 +95,14 @@ pub fn compose(about: &MailAbout, record: Option<&IntentRecord>, link: &str, exp
     let kind = task.as_ref().map_or("task", |task| task.task_type.as_str()).replace('_', " ");
     let (subject, opening) = match about {
         MailAbout::TaskAssigned { .. } => {
-            (format!("Your {kind} is needed: {title}"), format!("You are asked for a {kind}."))
+            (format!("Your {kind} is needed: {title}"), format!("A task is waiting for you: {kind}."))
         }
         MailAbout::Reminder { n, .. } => {
-            (format!("Reminder {n}: {title}"), format!("Reminder {n}: a {kind} is still waiting for you."))
+            (format!("Reminder {n}: {title}"), format!("Reminder {n}: this {kind} task is still waiting for you."))
         }
         MailAbout::Escalated { to, .. } => (
             format!("Escalated: {title}"),
-            format!("A {kind} was not answered in time and has been escalated to {to}. It can still be answered."),
+            format!("This {kind} task was not answered in time and was escalated to {to}. It can still be answered."),
         ),
         MailAbout::SignIn => {
             let body = format!(

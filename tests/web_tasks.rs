@@ -147,7 +147,7 @@ async fn bad_links_and_bad_answers_get_clear_pages_and_change_nothing() {
     let before = node.admin().events(&id).await.len();
     let (status, html) = post_form(&client, &link, &[("outcome", "approved")]).await;
     assert_eq!(status, 422, "{html}");
-    assert!(html.contains("role=\"alert\"") && html.contains("task_result.comment"), "{html}");
+    assert!(html.contains("role=\"alert\"") && html.contains("Comment: is required"), "{html}");
     assert!(html.contains("id=\"comment\"") && html.contains("aria-invalid=\"true\""), "{html}");
     let (status, html) = post_form(&client, &link, &[("outcome", "shrug"), ("comment", "x")]).await;
     assert_eq!(status, 422, "{html}");

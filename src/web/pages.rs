@@ -90,9 +90,16 @@ pub fn task(page: &TaskPage) -> Markup {
     let task = page.task;
     let description = record.options.get("human_task").and_then(|task| task.get("description")).and_then(Value::as_str);
     let invalid = page.error.and_then(input_of);
-    let error_for = |name: &str| -> Option<String> {
-        (invalid.as_deref() == Some(name)).then(|| page.error.map(ToString::to_string)).flatten()
-    };
+    // People read the input's label where the API names a JSON path.
+    let message = page.error.map(|error| {
+        let text = error.to_string();
+        match (error.field(), invalid.as_deref()) {
+            (Some(path), Some(input)) => text.replacen(path, &label_of(task, input), 1),
+            _ => text,
+        }
+    });
+    let error_for =
+        |name: &str| -> Option<String> { (invalid.as_deref() == Some(name)).then(|| message.clone()).flatten() };
     // One text input with its label, hint and error.
     let text_input = |name: &str, label: &str, hint: Option<&str>, required: bool, area: bool| {
         let error = error_for(name);
@@ -119,7 +126,7 @@ pub fn task(page: &TaskPage) -> Markup {
     };
     let body = html! {
         h1 { (task.title) }
-        @if let Some(error) = page.error {
+        @if let Some(error) = &message {
             div class="alert" role="alert" {
                 p { strong { "Nothing was recorded: please correct this and send again." } }
                 p {
@@ -145,7 +152,7 @@ pub fn task(page: &TaskPage) -> Markup {
                     legend { "Details" }
                     @for field in schema.fields() {
                         @let name = format!("field.{}", field.name);
-                        @let label = field.title.unwrap_or(field.name);
+                        @let label = label_of(task, &name);
                         @let error = error_for(&name);
                         @let error_id = format!("{name}-error");
                         @match (field.kind, field.choices) {
@@ -215,6 +222,19 @@ pub fn task(page: &TaskPage) -> Markup {
         }
     };
     document(&task.title, body)
+}
+
+/// The label of a page input: a form field's `title`, else its name capitalised.
+fn label_of(task: &HumanTask, input: &str) -> String {
+    let Some(name) = input.strip_prefix("field.") else {
+        let mut chars = input.chars();
+        return chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default();
+    };
+    let title = task.form_schema.as_ref().and_then(|schema| schema.fields().find(|field| field.name == name)?.title);
+    match title {
+        Some(title) => title.to_owned(),
+        None => label_of(task, name),
+    }
 }
 
 fn comment_hint(task: &HumanTask) -> &'static str {
