@@ -404,3 +404,29 @@ async fn inbox_changes_are_published_to_the_owners_subscriptions() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_http_handler_is_pushed_the_intent_once_its_human_task_is_answered() {
+    let receiver = Receiver::start().await;
+    let node = node(100, 4);
+    let api = node.admin();
+    bind(&api, &receiver.url).await;
+    let mut body = common::intent_body(FROM, AGENT);
+    body["human_task"] = json!({"title": "Approve the purchase"});
+    let (status, created) = api.post("/v1/intents", body).await;
+    assert_eq!((status, created["status"].as_str()), (200, Some("WAITING")), "{created}");
+    let id = created["intent_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty(), "nothing is pushed while a person has not answered");
+
+    let (status, answer) =
+        api.post(&format!("/v1/approvals/{id}/decision"), json!({"decision": "approve", "comment": "ok"})).await;
+    assert_eq!(status, 200, "{answer}");
+    let request = receiver.wait_for(1, LIMIT).await.remove(0);
+    check_signature(&request);
+    let pushed: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(pushed["intent"]["intent_id"], id.as_str());
+    assert_eq!(pushed["intent"]["status"], "IN_PROGRESS", "{pushed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1, "pushed once");
+}

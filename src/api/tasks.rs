@@ -150,19 +150,20 @@ pub(super) fn apply(
     Ok((answer, events))
 }
 
-/// After an answer: the task leaves the index, and the handler is told it is its turn again.
-pub fn task_answered(txn: &mut Txn, stored: &StoredIntent) {
+/// After an answer: the task leaves the index, and the handler is told it is its turn again —
+/// on its stream, by poll, or pushed anew when it is bound to `http`.
+pub fn task_answered(txn: &mut Txn, stored: &StoredIntent) -> Result<(), crate::store::StoreError> {
     if let Some((others, id)) = indexed(&stored.record) {
         for address in others {
             txn.unindex_task(address.as_str(), id);
         }
     }
     txn.notify_agent(stored.record.handler());
+    txn.deliver_if_bound(stored, crate::clock::now_unix_ms(), &now_rfc3339())
 }
 
 fn wake_handler(txn: &mut Txn, stored: &mut StoredIntent, _: &[LifecycleEvent], _: &mut Value) -> ApiResult<()> {
-    task_answered(txn, stored);
-    Ok(())
+    Ok(task_answered(txn, stored)?)
 }
 
 /// `POST /v1/intents/{id}/resume` on an intent with an open task, or with a `task_result`.

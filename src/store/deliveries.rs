@@ -136,12 +136,13 @@ impl Txn<'_> {
         self.get_json(&binding_key(address))
     }
 
-    /// Starts a push delivery of the intent if its handler is bound to `http`: due now.
+    /// Starts a push delivery of the intent if its handler is bound to `http` and the intent
+    /// waits for the handler to pick it up (not, say, for a person first): due now.
     pub fn deliver_if_bound(&mut self, stored: &StoredIntent, now_ms: u64, at: &str) -> Result<(), StoreError> {
         let record = &stored.record;
         let Some(binding) = self.binding(record.handler())? else { return Ok(()) };
         let (DeliveryMode::Http, Some(callback_url)) = (binding.mode, binding.callback_url) else { return Ok(()) };
-        if record.status().is_terminal() {
+        if !record.awaits_pickup() {
             return Ok(());
         }
         let max_attempts = record.options.get("max_delivery_attempts").and_then(|value| value.as_u64());

@@ -320,7 +320,7 @@ async fn answer(state: &AppState, id: Uuid, via: &Via, submission: &Submission) 
             let (answer, events) =
                 stored.record.answer_human_task(&task_result, &decision).map_err(Refusal::Invalid)?;
             txn.update_intent(&stored, &events)?;
-            crate::api::task_answered(txn, &stored);
+            crate::api::task_answered(txn, &stored)?;
             tracing::info!(
                 target: "axp::audit", decision = "human_task_answered", intent_id = %stored.record.intent_id,
                 by = %decision.by, at = %decision.at, via = %decision.via, outcome = %answer.outcome,
