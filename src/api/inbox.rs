@@ -373,7 +373,8 @@ async fn decide(state: AppState, call: IntentCall, approve: bool) -> ApiResult<J
         } else {
             // An open human task takes the decision as its answer: validated, checked against
             // its answerers and audited like any other answer.
-            let (answer, events) = if stored.record.open_human_task().is_some() {
+            let task = stored.record.open_human_task().is_some();
+            let (answer, events) = if task {
                 let input = serde_json::Map::new();
                 super::tasks::answer_decision(caller, &actor, &mut stored, approve, comment.as_deref(), input, "inbox")?
             } else {
@@ -382,6 +383,9 @@ async fn decide(state: AppState, call: IntentCall, approve: bool) -> ApiResult<J
                 (answer, outcome.events)
             };
             txn.update_intent(&stored, &events)?;
+            if task {
+                super::tasks::task_answered(txn, &stored)?;
+            }
             answer
         };
         let thread = txn.thread(id)?.expect("the thread was saved in this write");
