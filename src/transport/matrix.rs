@@ -6,6 +6,12 @@
 //! registry pins for the room's other side, from the pinned device with the pinned Ed25519 key.
 //! Room keys go only to devices marked trusted, and the node marks exactly the pinned devices.
 //! Anything else is dropped and written to the audit log.
+//!
+//! Late room keys: an event whose Megolm key has not arrived yet (federation delivers the room
+//! event and the to-device key separately) reaches the handlers undecryptable. It is kept in
+//! memory (`super::undecryptable`) and decrypted again when room keys for its room arrive, or
+//! on a growing timer; once decrypted it is handled like any other event. If the node stops
+//! meanwhile, the back-fill after the next start's first sync handles it instead.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,6 +24,7 @@ use matrix_sdk::deserialized_responses::EncryptionInfo;
 use matrix_sdk::encryption::LocalTrust;
 use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::{
@@ -32,6 +39,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::batch;
+use super::undecryptable::{Pending, Remembered, Undecrypted};
 use super::wire::{
     CONTROL_EVENT, ControlAction, ControlItem, INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem,
     NodeRef, ROUTE_EVENT, RouteState, TRANSFER_EVENT, TransferItem,
@@ -152,6 +160,14 @@ struct Shared {
     local: NodeRef,
     /// Peers whose pinned device this process has marked trusted.
     trusted: Mutex<HashSet<String>>,
+    /// Received events whose room key has not arrived yet.
+    undecryptable: Mutex<Pending<Raw<OriginalSyncRoomEncryptedEvent>>>,
+    /// Wakes [`retry_undecryptable`] when an event joins `undecryptable`.
+    undecryptable_added: tokio::sync::Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts the transport: restores the session, then runs the sync loop and the outbox sender
@@ -170,12 +186,23 @@ pub async fn start(
     let client = build_client(matrix, &dir).await?;
     restore(&client, &session_path).await?;
     let local = local_node(&routing, &config.node.org, &matrix.user_id)?;
-    let shared = Arc::new(Shared { store, routing, local, trusted: Mutex::new(HashSet::new()) });
+    let shared = Arc::new(Shared {
+        store,
+        routing,
+        local,
+        trusted: Mutex::new(HashSet::new()),
+        undecryptable: Mutex::new(Pending::default()),
+        undecryptable_added: tokio::sync::Notify::new(),
+    });
     client.add_event_handler_context(shared.clone());
     client.add_event_handler(on_invite);
     client.add_event_handler(on_timeline_event);
     tracing::info!(user_id = %matrix.user_id, device_id = ?client.device_id(), "Matrix transport started");
-    Ok(vec![tokio::spawn(sync_loop(client.clone(), shared.clone())), tokio::spawn(send_loop(client, shared))])
+    Ok(vec![
+        tokio::spawn(sync_loop(client.clone(), shared.clone())),
+        tokio::spawn(retry_undecryptable(client.clone(), shared.clone())),
+        tokio::spawn(send_loop(client, shared)),
+    ])
 }
 
 fn local_node(routing: &Routing, org: &str, user_id: &str) -> Result<NodeRef, TransportError> {
@@ -306,7 +333,10 @@ async fn refuse(room: &Room, reason: &str, inviter: &str) {
     }
 }
 
-/// The route a room carries, checked against the registry and remembered.
+/// The route a room carries: as remembered in the store (rooms this node created, or where it
+/// adopted an intent), else as the room's `axp.route.v1` state says (right after joining; the
+/// first adopted intent then remembers it). Callers check it against the registry and the
+/// sender ([`acceptable`], [`verified_peer`]).
 async fn room_route(room: &Room, shared: &Shared) -> Option<RouteState> {
     if let Ok(Some(route)) = shared.store.route_of_room(room.room_id().as_str()) {
         return Some(route);
@@ -354,7 +384,10 @@ async fn verified_peer(
         return None;
     }
     let peer = NodeRef { org, node: pinned.id.clone() };
-    let route = room_route(room, shared).await?;
+    let Some(route) = room_route(room, shared).await else {
+        audit_drop("no_route_state", room.room_id(), sender, "the room has no readable axp.route.v1 state");
+        return None;
+    };
     let (expected_peer, us) = if route.handler == shared.local {
         (&route.initiator, &route.handler)
     } else {
@@ -398,8 +431,11 @@ async fn on_timeline_event(
     handle_event(&client, &room, &shared, &raw, encryption.as_ref()).await;
 }
 
-/// Handles one timeline event, live or back-filled. Handling is idempotent (intents are
-/// adopted once, events applied by seq), so an event seen twice changes nothing.
+/// Handles one timeline event, live, back-filled or decrypted late. Handling is idempotent
+/// (intents are adopted once, events applied by seq), so an event seen twice changes nothing.
+/// An event matrix-sdk could not decrypt still has the type `m.room.encrypted` here: it is kept
+/// to be decrypted again (see [`retry_undecryptable`]); the one raw handler sees it live and in
+/// a back-fill alike, which a typed `OriginalSyncRoomEncryptedEvent` handler would not.
 async fn handle_event(
     client: &Client,
     room: &Room,
@@ -408,11 +444,15 @@ async fn handle_event(
     encryption: Option<&EncryptionInfo>,
 ) {
     let Ok(Some(kind)) = raw.get_field::<String>("type") else { return };
-    if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
-        return;
-    }
     let sender = raw.get_field::<String>("sender").ok().flatten().unwrap_or_default();
     if client.user_id().is_some_and(|own| own.as_str() == sender) {
+        return;
+    }
+    if kind == UNDECRYPTABLE {
+        remember_undecryptable(room, shared, raw);
+        return;
+    }
+    if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
         return;
     }
     let Some((route, peer)) = verified_peer(client, room, shared, encryption, &sender).await else { return };
@@ -433,6 +473,104 @@ async fn handle_event(
     };
     if let Err(error) = outcome {
         tracing::error!(%error, room_id = %room.room_id(), kind, "could not persist a received Matrix event");
+    }
+}
+
+/// The type an event still has when matrix-sdk could not decrypt it.
+const UNDECRYPTABLE: &str = "m.room.encrypted";
+
+/// Keeps an event that could not be decrypted (its room key is late), live or back-filled, for
+/// [`retry_undecryptable`].
+fn remember_undecryptable(room: &Room, shared: &Shared, raw: &Raw<AnySyncTimelineEvent>) {
+    let Ok(Some(event_id)) = raw.get_field::<String>("event_id") else { return };
+    let room_id = room.room_id().to_string();
+    let undecrypted = Undecrypted { room_id, event_id, event: raw.clone().cast_unchecked() };
+    let (event_id, room_id) = (undecrypted.event_id.clone(), room.room_id());
+    match lock(&shared.undecryptable).remember(undecrypted, Instant::now()) {
+        Remembered::New => {
+            tracing::info!(%room_id, %event_id, "an event could not be decrypted yet (its room key is late); will try again");
+            shared.undecryptable_added.notify_one();
+        }
+        Remembered::AlreadyPending => {}
+        Remembered::Full => {
+            tracing::warn!(%room_id, %event_id, "too many undecryptable events pending; this one is not tried again");
+        }
+    }
+}
+
+/// Decrypts the events of [`Shared::undecryptable`] again: those of a room as soon as room keys
+/// for it arrive, and each on its timer (`undecryptable::RETRY_DELAYS`) in case the key came
+/// some other way. A decrypted event is handled like a live one; one still undecryptable after
+/// the last timed attempt is given up with a warning.
+async fn retry_undecryptable(client: Client, shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    let mut keys = match client.encryption().room_keys_received_stream().await {
+        Some(stream) => stream.boxed(),
+        None => {
+            tracing::warn!("no room-key stream (no crypto machine); undecryptable events are retried on a timer only");
+            futures_util::stream::pending().boxed()
+        }
+    };
+    loop {
+        let next_due = lock(&shared.undecryptable).next_due();
+        let sleep =
+            tokio::time::sleep_until(next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into());
+        tokio::select! {
+            update = keys.next() => {
+                let pending = match update {
+                    Some(Ok(infos)) => {
+                        let rooms: Vec<String> = infos.iter().map(|info| info.room_id.to_string()).collect();
+                        lock(&shared.undecryptable).in_rooms(&rooms)
+                    }
+                    // Missed notices (lagged): any room may have new keys.
+                    Some(Err(_)) => lock(&shared.undecryptable).all(),
+                    None => {
+                        keys = futures_util::stream::pending().boxed();
+                        continue;
+                    }
+                };
+                decrypt_again(&client, &shared, pending, false).await;
+            }
+            () = sleep => {
+                let due = lock(&shared.undecryptable).due(Instant::now());
+                decrypt_again(&client, &shared, due, true).await;
+            }
+            () = shared.undecryptable_added.notified() => {}
+        }
+    }
+}
+
+/// Tries to decrypt `pending` events, in order, and handles those that now decrypt. `timed`
+/// says whether this was a timed attempt, which counts against the event's budget.
+async fn decrypt_again(
+    client: &Client,
+    shared: &Shared,
+    pending: Vec<Undecrypted<Raw<OriginalSyncRoomEncryptedEvent>>>,
+    timed: bool,
+) {
+    for Undecrypted { room_id, event_id, event } in pending {
+        let room = RoomId::parse(&room_id).ok().and_then(|id| client.get_room(&id));
+        let decrypted = match &room {
+            Some(room) => room.decrypt_event(&event, None).await.ok().filter(|event| event.encryption_info().is_some()),
+            None => None,
+        };
+        let now = Instant::now();
+        if let (Some(room), Some(decrypted)) = (room, decrypted) {
+            let waited = lock(&shared.undecryptable).resolved(&room_id, &event_id, now);
+            tracing::info!(%room_id, %event_id, ?waited, "a late room key arrived; handling the event now");
+            let encryption = decrypted.encryption_info().map(|info| (**info).clone());
+            handle_event(client, &room, shared, decrypted.raw(), encryption.as_ref()).await;
+            continue;
+        }
+        if !timed {
+            continue;
+        }
+        if let Some(gave_up) = lock(&shared.undecryptable).failed(&room_id, &event_id, now) {
+            tracing::warn!(
+                room_id = %gave_up.room_id, event_id = %gave_up.event_id, attempts = gave_up.attempts, waited = ?gave_up.waited,
+                "an event stayed undecryptable (its room key never arrived); given up until the next restart's back-fill"
+            );
+        }
     }
 }
 
@@ -861,7 +999,7 @@ async fn route_room(client: &Client, shared: &Shared, entry: &OutboxEntry) -> Re
 
 /// Marks the peer's pinned device trusted (and only it), so that room keys reach it.
 async fn ensure_trusted(client: &Client, shared: &Shared, peer: &NodeRef) -> Result<(), TransportError> {
-    if shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&peer.node) {
+    if lock(&shared.trusted).contains(&peer.node) {
         return Ok(());
     }
     let record = node_record(&shared.routing, peer)
@@ -877,6 +1015,6 @@ async fn ensure_trusted(client: &Client, shared: &Shared, peer: &NodeRef) -> Res
         matrix_error(format!("device {} of {} not published yet", record.device_id, record.matrix_user_id))
     })?;
     device.set_local_trust(LocalTrust::Verified).await.map_err(matrix_error)?;
-    shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(peer.node.clone());
+    lock(&shared.trusted).insert(peer.node.clone());
     Ok(())
 }
