@@ -26,7 +26,7 @@ use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::{
     AnyInitialStateEvent, AnySyncTimelineEvent, EmptyStateKey, InitialStateEvent, StateEventType,
 };
@@ -164,6 +164,8 @@ struct Shared {
     undecryptable: Mutex<Pending<Raw<OriginalSyncRoomEncryptedEvent>>>,
     /// Wakes [`retry_undecryptable`] when an event joins `undecryptable`.
     undecryptable_added: tokio::sync::Notify,
+    /// Route rooms whose peer has not joined yet, so nothing is sent there (see [`peer_joined`]).
+    awaiting_join: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -193,6 +195,7 @@ pub async fn start(
         trusted: Mutex::new(HashSet::new()),
         undecryptable: Mutex::new(Pending::default()),
         undecryptable_added: tokio::sync::Notify::new(),
+        awaiting_join: Mutex::new(HashSet::new()),
     });
     client.add_event_handler_context(shared.clone());
     client.add_event_handler(on_invite);
@@ -901,6 +904,9 @@ async fn send_pending(
         }
     }
     *hold_since = None;
+    // Rooms whose peer has not joined yet: all their entries wait, in order, for a later pass.
+    let mut not_joined: HashSet<String> = HashSet::new();
+    let mut sent = false;
     // Consecutive entries for the same room and kind travel together.
     let mut start = 0;
     while start < entries.len() {
@@ -916,6 +922,11 @@ async fn send_pending(
             .map_or(entries.len(), |offset| start + offset);
         let run = &entries[start..end];
         let room = route_room(client, shared, first).await?;
+        if not_joined.contains(room.room_id().as_str()) || !peer_joined(shared, &room, &first.peer).await? {
+            not_joined.insert(room.room_id().to_string());
+            start = end;
+            continue;
+        }
         ensure_trusted(client, shared, &first.peer).await?;
         let items: Vec<Value> = run.iter().map(|(_, entry)| entry.item.clone()).collect();
         let items = if first.kind == OutboxKind::Lifecycle { batch::merge_lifecycle(items) } else { items };
@@ -949,9 +960,35 @@ async fn send_pending(
                 Ok(())
             })
             .await?;
+        sent = true;
         start = end;
     }
-    Ok(Pass::Sent)
+    Ok(if sent || not_joined.is_empty() { Pass::Sent } else { Pass::HeldUntil(Instant::now() + JOIN_POLL) })
+}
+
+/// How often the sender looks again whether the peer joined a new route room.
+const JOIN_POLL: Duration = Duration::from_millis(100);
+
+/// Whether the peer's node has joined `room`, as this node's sync saw it. Nothing may be sent
+/// before: a homeserver sends an event only to the servers in the room at that event, so an
+/// event created while the peer's join is still on its way never reaches the peer's homeserver
+/// (the peer would learn of it only when a later event names it as a predecessor). That lost
+/// the first intent of a new room now and then, while its room key, a to-device message,
+/// arrived.
+async fn peer_joined(shared: &Shared, room: &Room, peer: &NodeRef) -> Result<bool, TransportError> {
+    let record = node_record(&shared.routing, peer)
+        .ok_or_else(|| matrix_error(format!("node {} is not in the registry", peer.node)))?;
+    let user = UserId::parse(&record.matrix_user_id).map_err(matrix_error)?;
+    let member = room.get_member_no_sync(&user).await.map_err(matrix_error)?;
+    let joined = member.is_some_and(|member| *member.membership() == MembershipState::Join);
+    let room_id = room.room_id().to_string();
+    let mut awaiting = lock(&shared.awaiting_join);
+    if joined {
+        awaiting.remove(&room_id);
+    } else if awaiting.insert(room_id) {
+        tracing::info!(room_id = %room.room_id(), peer = %peer.node, "waiting for the peer node to join the route room before sending");
+    }
+    Ok(joined)
 }
 
 /// The room for an outbox entry: named in the entry, remembered, or created now.
