@@ -7,6 +7,9 @@
 //! Room keys go only to devices marked trusted, and the node marks exactly the pinned devices.
 //! Anything else is dropped and written to the audit log.
 //!
+//! Sending waits until the peer's node has joined the route room: an event sent earlier would
+//! never reach the peer's homeserver (see [`peer_joined`]).
+//!
 //! Late room keys: an event whose Megolm key has not arrived yet (federation delivers the room
 //! event and the to-device key separately) reaches the handlers undecryptable. It is kept in
 //! memory (`super::undecryptable`) and decrypted again when room keys for its room arrive, or
