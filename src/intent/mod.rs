@@ -13,7 +13,7 @@ mod status;
 mod timers;
 
 pub use event::{EventType, LifecycleEvent};
-pub use human_task::{Answer, Decision, FormSchema, HumanTask, REJECTED, TaskError, TaskType};
+pub use human_task::{Answer, Decision, FormSchema, HumanTask, REJECTED, TASK_ACTOR, TaskError, TaskType};
 pub use lifecycle::{LifecycleError, check_transition};
 #[cfg(test)]
 pub(crate) use record::sample;

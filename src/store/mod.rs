@@ -62,6 +62,7 @@ pub use deliveries::{AgentBinding, Delivery, DeliveryMode, DeliveryStatus, Subje
 pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonical_hash};
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
+pub use tasks::TaskStartError;
 pub use timers::DueTimer;
 pub use txn::{CommitNotice, Txn};
 pub use webhooks::{Subscription, WebhookEvent};

@@ -51,7 +51,9 @@ use crate::config::{Config, MatrixSection};
 use crate::intent::{EventType, LifecycleError, ResolveOutcome};
 use crate::registry::NodeRecord;
 use crate::routing::{Route, Routing};
-use crate::store::{HandlerHome, LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
+use crate::store::{
+    HandlerHome, LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, TaskStartError, Txn,
+};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries after failed syncs and sends back off up to this: after a homeserver outage the node
@@ -613,10 +615,33 @@ impl Handover for IntentItem {
     fn check(&self, sender_org: &str, room_address: &str) -> Result<(), super::wire::IntentRefusal> {
         IntentItem::check(self, sender_org, room_address)
     }
+    /// A new intent with a `human_task` starts its task here, in the same write: this node
+    /// sequences it now, as the initiator's node would have for a local handler. The events
+    /// the task adds go to the initiator's replica like any other; the timers its options ask
+    /// for (deadline, reminders, escalation) are scheduled with the save.
     fn take_over(self, txn: &mut Txn, link: &RemoteLink) -> Result<(), StoreError> {
         let Ok(id) = uuid::Uuid::parse_str(&self.record.intent_id) else { return Ok(()) };
-        if txn.intent(id)?.is_none() {
-            txn.insert_intent(self.record, &self.events, Some(link.clone()))?;
+        if txn.intent(id)?.is_some() {
+            return Ok(());
+        }
+        let (mut record, mut events) = (self.record, self.events);
+        let started = if record.options.contains_key("human_task") {
+            match txn.start_human_task(&mut record, &crate::clock::now_rfc3339()) {
+                Ok(started) => started,
+                Err(TaskStartError::Store(error)) => return Err(error),
+                // `IntentItem::check` let only fresh SUBMITTED intents through, which may wait.
+                Err(TaskStartError::Lifecycle(error)) => {
+                    tracing::error!(%error, intent_id = %record.intent_id, "the human task of an adopted intent could not start");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        events.extend(started.iter().cloned());
+        let stored = txn.insert_intent(record, &events, Some(link.clone()))?;
+        if !started.is_empty() {
+            txn.send_events_to_initiator(&stored, &started)?;
         }
         Ok(())
     }
