@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::intent::LifecycleError;
-use crate::store::StoreError;
+use crate::store::{StoreError, TaskStartError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -96,6 +96,15 @@ impl From<LifecycleError> for ApiError {
     fn from(error: LifecycleError) -> Self {
         let status = if error.is_conflict() { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
         ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+impl From<TaskStartError> for ApiError {
+    fn from(error: TaskStartError) -> Self {
+        match error {
+            TaskStartError::Lifecycle(error) => error.into(),
+            TaskStartError::Store(error) => error.into(),
+        }
     }
 }
 

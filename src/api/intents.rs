@@ -308,9 +308,10 @@ pub async fn create(
                 let id = Uuid::now_v7();
                 let at = now_rfc3339();
                 let (mut record, mut events) = IntentRecord::submit(new, id.to_string(), &actor, &at);
-                // The handler's node runs the task: here when the handler is local.
+                // The handler's node runs the task: here when the handler is local, else when
+                // that node adopts the intent (`transport::matrix`).
                 if link.is_none() && record.options.contains_key("human_task") {
-                    events.extend(super::tasks::assign_at_create(txn, &mut record, &at)?);
+                    events.extend(txn.start_human_task(&mut record, &at)?);
                 }
                 let status = record.status();
                 txn.insert_intent(record, &events, link)?;

@@ -1,6 +1,7 @@
 //! Human tasks over HTTP: answering a task (`POST /v1/intents/{id}/resume` with a `task_result`,
 //! `POST /v1/approvals/{id}/decision`), listing a person's open tasks (`GET /v1/me/tasks`), and
-//! the audit record of each assignment and decision.
+//! the audit record of each decision. Tasks are started (and their assignment audited) by
+//! `Txn::start_human_task`, at create or when another org's intent is adopted.
 //!
 //! The task rules (types, outcomes, forms, what an answer does to the intent) are
 //! `crate::intent::human_task`'s; this module decides who may answer, reads the request and
@@ -25,12 +26,10 @@ use super::intents::{IntentCall, operate};
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::now_rfc3339;
-use crate::intent::{Decision, EventType, HumanTask, IntentRecord, LifecycleEvent, REJECTED, TaskError};
+use crate::intent::{Decision, EventType, IntentRecord, LifecycleEvent, REJECTED, TaskError};
 use crate::store::{Feed, StoredIntent, Txn};
 use uuid::Uuid;
 
-/// The actor of the events the node appends when it starts a task.
-pub const TASK_ACTOR: &str = "node:tasks";
 const MAX_TASKS: usize = 500;
 const FEED_PAGE: usize = 500;
 
@@ -41,45 +40,9 @@ impl From<TaskError> for ApiError {
     }
 }
 
-/// The addresses that may answer the intent's task: its handler, `escalate_to`, and the
-/// assignees that are agent addresses (emails and role names match no key).
-pub fn answerers(record: &IntentRecord, task: &HumanTask) -> Vec<AgentAddress> {
-    let escalate_to = record.options.get("escalate_to").and_then(Value::as_str);
-    [record.handler()]
-        .into_iter()
-        .chain(escalate_to)
-        .chain(task.assignees.iter().map(String::as_str))
-        .filter_map(|raw| AgentAddress::parse(raw).ok())
-        .collect()
-}
-
 /// Whether the caller may answer the intent's open task (and so see the intent).
 pub(super) fn may_answer(caller: &Caller, record: &IntentRecord) -> bool {
-    record.open_human_task().is_some_and(|task| answerers(record, &task).iter().any(|a| caller.may_act_for(a)))
-}
-
-/// The answerers other than the handler, and the intent's id: what the `ht/` index holds.
-fn indexed(record: &IntentRecord) -> Option<(Vec<AgentAddress>, Uuid)> {
-    let task = HumanTask::of(record)?;
-    let others = answerers(record, &task).into_iter().filter(|address| address.as_str() != record.handler()).collect();
-    Some((others, Uuid::parse_str(&record.intent_id).ok()?))
-}
-
-/// Starts the task of a new intent this node sequences, in the create write, and indexes it
-/// for the answerers who are not its handler.
-pub(super) fn assign_at_create(txn: &mut Txn, record: &mut IntentRecord, at: &str) -> ApiResult<Vec<LifecycleEvent>> {
-    let events = record.assign_human_task(TASK_ACTOR, at)?;
-    if let Some((others, id)) = indexed(record) {
-        for address in others {
-            txn.index_task(address.as_str(), id);
-            txn.register_agent(address.as_str(), at)?;
-        }
-    }
-    tracing::info!(
-        target: "axp::audit", decision = "human_task_assigned", intent_id = %record.intent_id,
-        handler = %record.handler(), at, "human task assigned"
-    );
-    Ok(events)
+    record.open_human_task().is_some_and(|task| task.answerers(record).iter().any(|a| caller.may_act_for(a)))
 }
 
 /// A plain decision — approve or refuse, with an optional comment and form fields — given to
@@ -113,7 +76,7 @@ pub(super) fn apply(
     let record = &stored.record;
     let mut by = actor.to_owned();
     if let Some(task) = record.open_human_task() {
-        let allowed = answerers(record, &task);
+        let allowed = task.answerers(record);
         // Who answers: the acting address when it is an answerer, else the first answerer
         // the key acts for.
         if !allowed.iter().any(|address| address.as_str() == actor)
@@ -153,11 +116,7 @@ pub(super) fn apply(
 /// After an answer: the task leaves the index, and the handler is told it is its turn again —
 /// on its stream, by poll, or pushed anew when it is bound to `http`.
 pub fn task_answered(txn: &mut Txn, stored: &StoredIntent) -> Result<(), crate::store::StoreError> {
-    if let Some((others, id)) = indexed(&stored.record) {
-        for address in others {
-            txn.unindex_task(address.as_str(), id);
-        }
-    }
+    txn.unindex_human_task(&stored.record);
     txn.notify_agent(stored.record.handler());
     txn.deliver_if_bound(stored, crate::clock::now_unix_ms(), &now_rfc3339())
 }
@@ -250,7 +209,7 @@ pub async fn mine(
         for id in candidates(&state, address)? {
             let Some(stored) = state.store().intent(id)? else { continue };
             let Some(task) = stored.record.open_human_task() else { continue };
-            let allowed = answerers(&stored.record, &task);
+            let allowed = task.answerers(&stored.record);
             let mine = match &owner {
                 Some(_) => allowed.contains(address),
                 None => allowed.iter().any(|answerer| caller.may_act_for(answerer)),

@@ -32,6 +32,10 @@
 use serde_json::{Map, Value, json};
 
 use super::{EventType, IntentRecord, LifecycleError, LifecycleEvent, Status, WaitingReason};
+use crate::address::AgentAddress;
+
+/// The actor of the events the node appends when it starts a task.
+pub const TASK_ACTOR: &str = "node:tasks";
 
 /// Why a `human_task` or an answer to it was refused. `field` is the JSON path of the culprit
 /// (`human_task.form_schema.properties.amount.type`, `task_result.data.amount`).
@@ -313,6 +317,18 @@ impl HumanTask {
     /// The task of an intent, if it has one (its options were checked at create).
     pub fn of(record: &IntentRecord) -> Option<HumanTask> {
         record.options.get("human_task").and_then(|value| HumanTask::parse(value).ok())
+    }
+
+    /// The addresses that may answer the task of `record`: its handler, `escalate_to`, and the
+    /// assignees that are agent addresses (emails and role names match no key).
+    pub fn answerers(&self, record: &IntentRecord) -> Vec<AgentAddress> {
+        let escalate_to = record.options.get("escalate_to").and_then(Value::as_str);
+        [record.handler()]
+            .into_iter()
+            .chain(escalate_to)
+            .chain(self.assignees.iter().map(String::as_str))
+            .filter_map(|raw| AgentAddress::parse(raw).ok())
+            .collect()
     }
 
     fn outcomes(&self) -> Option<Vec<&str>> {

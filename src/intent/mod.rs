@@ -14,7 +14,7 @@ mod timers;
 
 pub use event::{EventType, LifecycleEvent};
 pub use human_task::{
-    Answer, Decision, FieldKind, FormField, FormSchema, HumanTask, REJECTED, TaskError, TaskType, is_email,
+    Answer, Decision, FieldKind, FormField, FormSchema, HumanTask, REJECTED, TASK_ACTOR, TaskError, TaskType, is_email,
 };
 pub use lifecycle::{LifecycleError, check_transition};
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub use idempotency::{ExpiredRecord, IdempotencyCheck, IdempotencyScope, canonic
 pub use intents::{Feed, FeedEntry, HandlerHome, LinkRole, RemoteLink, StoredIntent};
 pub use outbox::{OutboxEntry, OutboxKind};
 pub use people::{MailAbout, MailJob, MailStatus, Recipient, Session};
+pub use tasks::TaskStartError;
 pub use timers::DueTimer;
 pub use txn::{CommitNotice, Txn};
 pub use webhooks::{Subscription, WebhookEvent};

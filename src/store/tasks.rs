@@ -1,20 +1,85 @@
-//! The human-task index: the open tasks an address is asked to answer without being the
-//! intent's handler (assignees that are agent addresses, `escalate_to`). Tasks of a handler are
-//! found through its open-intent feed instead.
+//! Starting human tasks, and the human-task index: the open tasks an address is asked to
+//! answer without being the intent's handler (assignees that are agent addresses,
+//! `escalate_to`). Tasks of a handler are found through its open-intent feed instead.
 //!
-//! Owns the `ht/` keys only. Entries are written when a task is assigned and removed when it is
-//! answered; a task that ends another way (cancel, deadline) leaves its entry, which readers
-//! drop by checking that the task is still open. It knows nothing of task rules.
+//! Owns the `ht/` keys and [`Txn::start_human_task`], the one way a node that sequences an
+//! intent starts its task: at API create when the handler is local, and when the node adopts an
+//! intent another org's node sent to one of its handlers. Entries are written when a task is
+//! assigned and removed when it is answered; a task that ends another way (cancel, deadline)
+//! leaves its entry, which readers drop by checking that the task is still open. The task rules
+//! are `crate::intent::human_task`'s.
 
 use uuid::Uuid;
 
 use super::{Store, StoreError, Txn};
+use crate::address::AgentAddress;
+use crate::intent::{HumanTask, IntentRecord, LifecycleError, LifecycleEvent, TASK_ACTOR};
+
+/// Why a human task could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStartError {
+    /// The intent is in no state to wait for a person.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TaskStartError {
+    /// The stable code of the underlying error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TaskStartError::Lifecycle(error) => error.code(),
+            TaskStartError::Store(error) => error.code(),
+        }
+    }
+}
+
+/// The answerers of the intent's task other than its handler, and the intent's id: what the
+/// `ht/` index holds for it.
+fn indexed(record: &IntentRecord) -> Option<(Vec<AgentAddress>, Uuid)> {
+    let task = HumanTask::of(record)?;
+    let others = task.answerers(record).into_iter().filter(|address| address.as_str() != record.handler()).collect();
+    Some((others, Uuid::parse_str(&record.intent_id).ok()?))
+}
 
 fn task_key(address: &str, id: Uuid) -> Vec<u8> {
     [b"ht/".as_slice(), address.as_bytes(), &[0], id.as_bytes()].concat()
 }
 
 impl Txn<'_> {
+    /// Starts the task of an intent this node sequences, in the write that creates or adopts
+    /// it: WAITING with WAITING_FOR_HUMAN and `intent.human_task_assigned` (the events returned,
+    /// for the caller to save with the intent), and the index entries of the answerers who are
+    /// not its handler. Audited.
+    pub fn start_human_task(
+        &mut self,
+        record: &mut IntentRecord,
+        at: &str,
+    ) -> Result<Vec<LifecycleEvent>, TaskStartError> {
+        let events = record.assign_human_task(TASK_ACTOR, at)?;
+        if let Some((others, id)) = indexed(record) {
+            for address in others {
+                self.index_task(address.as_str(), id);
+                self.register_agent(address.as_str(), at)?;
+            }
+        }
+        tracing::info!(
+            target: "axp::audit", decision = "human_task_assigned", intent_id = %record.intent_id,
+            handler = %record.handler(), at, "human task assigned"
+        );
+        Ok(events)
+    }
+
+    /// Takes an answered task out of the index.
+    pub fn unindex_human_task(&mut self, record: &IntentRecord) {
+        if let Some((others, id)) = indexed(record) {
+            for address in others {
+                self.unindex_task(address.as_str(), id);
+            }
+        }
+    }
+
     /// Notes that `address` is asked to answer the task of intent `id`.
     pub fn index_task(&mut self, address: &str, id: Uuid) {
         self.put(task_key(address, id), Vec::new());

@@ -6,6 +6,15 @@
 //! registry pins for the room's other side, from the pinned device with the pinned Ed25519 key.
 //! Room keys go only to devices marked trusted, and the node marks exactly the pinned devices.
 //! Anything else is dropped and written to the audit log.
+//!
+//! Sending waits until the peer's node has joined the route room: an event sent earlier would
+//! never reach the peer's homeserver (see [`peer_joined`]).
+//!
+//! Late room keys: an event whose Megolm key has not arrived yet (federation delivers the room
+//! event and the to-device key separately) reaches the handlers undecryptable. It is kept in
+//! memory (`super::undecryptable`) and decrypted again when room keys for its room arrive, or
+//! on a growing timer; once decrypted it is handled like any other event. If the node stops
+//! meanwhile, the back-fill after the next start's first sync handles it instead.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,8 +27,9 @@ use matrix_sdk::deserialized_responses::EncryptionInfo;
 use matrix_sdk::encryption::LocalTrust;
 use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::{
     AnyInitialStateEvent, AnySyncTimelineEvent, EmptyStateKey, InitialStateEvent, StateEventType,
 };
@@ -32,6 +42,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::batch;
+use super::undecryptable::{Pending, Remembered, Undecrypted};
 use super::wire::{
     CONTROL_EVENT, ControlAction, ControlItem, INTENT_EVENT, IntentItem, Items, LIFECYCLE_EVENT, LifecycleItem,
     NodeRef, ROUTE_EVENT, RouteState, TRANSFER_EVENT, TransferItem,
@@ -40,7 +51,9 @@ use crate::config::{Config, MatrixSection};
 use crate::intent::{EventType, LifecycleError, ResolveOutcome};
 use crate::registry::NodeRecord;
 use crate::routing::{Route, Routing};
-use crate::store::{HandlerHome, LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, Txn};
+use crate::store::{
+    HandlerHome, LinkRole, OutboxEntry, OutboxKind, RemoteLink, Store, StoreError, StoredIntent, TaskStartError, Txn,
+};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries after failed syncs and sends back off up to this: after a homeserver outage the node
@@ -152,6 +165,16 @@ struct Shared {
     local: NodeRef,
     /// Peers whose pinned device this process has marked trusted.
     trusted: Mutex<HashSet<String>>,
+    /// Received events whose room key has not arrived yet.
+    undecryptable: Mutex<Pending<Raw<OriginalSyncRoomEncryptedEvent>>>,
+    /// Wakes [`retry_undecryptable`] when an event joins `undecryptable`.
+    undecryptable_added: tokio::sync::Notify,
+    /// Route rooms whose peer has not joined yet, so nothing is sent there (see [`peer_joined`]).
+    awaiting_join: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts the transport: restores the session, then runs the sync loop and the outbox sender
@@ -170,12 +193,24 @@ pub async fn start(
     let client = build_client(matrix, &dir).await?;
     restore(&client, &session_path).await?;
     let local = local_node(&routing, &config.node.org, &matrix.user_id)?;
-    let shared = Arc::new(Shared { store, routing, local, trusted: Mutex::new(HashSet::new()) });
+    let shared = Arc::new(Shared {
+        store,
+        routing,
+        local,
+        trusted: Mutex::new(HashSet::new()),
+        undecryptable: Mutex::new(Pending::default()),
+        undecryptable_added: tokio::sync::Notify::new(),
+        awaiting_join: Mutex::new(HashSet::new()),
+    });
     client.add_event_handler_context(shared.clone());
     client.add_event_handler(on_invite);
     client.add_event_handler(on_timeline_event);
     tracing::info!(user_id = %matrix.user_id, device_id = ?client.device_id(), "Matrix transport started");
-    Ok(vec![tokio::spawn(sync_loop(client.clone(), shared.clone())), tokio::spawn(send_loop(client, shared))])
+    Ok(vec![
+        tokio::spawn(sync_loop(client.clone(), shared.clone())),
+        tokio::spawn(retry_undecryptable(client.clone(), shared.clone())),
+        tokio::spawn(send_loop(client, shared)),
+    ])
 }
 
 fn local_node(routing: &Routing, org: &str, user_id: &str) -> Result<NodeRef, TransportError> {
@@ -306,7 +341,10 @@ async fn refuse(room: &Room, reason: &str, inviter: &str) {
     }
 }
 
-/// The route a room carries, checked against the registry and remembered.
+/// The route a room carries: as remembered in the store (rooms this node created, or where it
+/// adopted an intent), else as the room's `axp.route.v1` state says (right after joining; the
+/// first adopted intent then remembers it). Callers check it against the registry and the
+/// sender ([`acceptable`], [`verified_peer`]).
 async fn room_route(room: &Room, shared: &Shared) -> Option<RouteState> {
     if let Ok(Some(route)) = shared.store.route_of_room(room.room_id().as_str()) {
         return Some(route);
@@ -354,7 +392,10 @@ async fn verified_peer(
         return None;
     }
     let peer = NodeRef { org, node: pinned.id.clone() };
-    let route = room_route(room, shared).await?;
+    let Some(route) = room_route(room, shared).await else {
+        audit_drop("no_route_state", room.room_id(), sender, "the room has no readable axp.route.v1 state");
+        return None;
+    };
     let (expected_peer, us) = if route.handler == shared.local {
         (&route.initiator, &route.handler)
     } else {
@@ -398,8 +439,11 @@ async fn on_timeline_event(
     handle_event(&client, &room, &shared, &raw, encryption.as_ref()).await;
 }
 
-/// Handles one timeline event, live or back-filled. Handling is idempotent (intents are
-/// adopted once, events applied by seq), so an event seen twice changes nothing.
+/// Handles one timeline event, live, back-filled or decrypted late. Handling is idempotent
+/// (intents are adopted once, events applied by seq), so an event seen twice changes nothing.
+/// An event matrix-sdk could not decrypt still has the type `m.room.encrypted` here: it is kept
+/// to be decrypted again (see [`retry_undecryptable`]); the one raw handler sees it live and in
+/// a back-fill alike, which a typed `OriginalSyncRoomEncryptedEvent` handler would not.
 async fn handle_event(
     client: &Client,
     room: &Room,
@@ -408,11 +452,15 @@ async fn handle_event(
     encryption: Option<&EncryptionInfo>,
 ) {
     let Ok(Some(kind)) = raw.get_field::<String>("type") else { return };
-    if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
-        return;
-    }
     let sender = raw.get_field::<String>("sender").ok().flatten().unwrap_or_default();
     if client.user_id().is_some_and(|own| own.as_str() == sender) {
+        return;
+    }
+    if kind == UNDECRYPTABLE {
+        remember_undecryptable(room, shared, raw);
+        return;
+    }
+    if !kind.starts_with("axp.") || kind == ROUTE_EVENT {
         return;
     }
     let Some((route, peer)) = verified_peer(client, room, shared, encryption, &sender).await else { return };
@@ -433,6 +481,104 @@ async fn handle_event(
     };
     if let Err(error) = outcome {
         tracing::error!(%error, room_id = %room.room_id(), kind, "could not persist a received Matrix event");
+    }
+}
+
+/// The type an event still has when matrix-sdk could not decrypt it.
+const UNDECRYPTABLE: &str = "m.room.encrypted";
+
+/// Keeps an event that could not be decrypted (its room key is late), live or back-filled, for
+/// [`retry_undecryptable`].
+fn remember_undecryptable(room: &Room, shared: &Shared, raw: &Raw<AnySyncTimelineEvent>) {
+    let Ok(Some(event_id)) = raw.get_field::<String>("event_id") else { return };
+    let room_id = room.room_id().to_string();
+    let undecrypted = Undecrypted { room_id, event_id, event: raw.clone().cast_unchecked() };
+    let (event_id, room_id) = (undecrypted.event_id.clone(), room.room_id());
+    match lock(&shared.undecryptable).remember(undecrypted, Instant::now()) {
+        Remembered::New => {
+            tracing::info!(%room_id, %event_id, "an event could not be decrypted yet (its room key is late); will try again");
+            shared.undecryptable_added.notify_one();
+        }
+        Remembered::AlreadyPending => {}
+        Remembered::Full => {
+            tracing::warn!(%room_id, %event_id, "too many undecryptable events pending; this one is not tried again");
+        }
+    }
+}
+
+/// Decrypts the events of [`Shared::undecryptable`] again: those of a room as soon as room keys
+/// for it arrive, and each on its timer (`undecryptable::RETRY_DELAYS`) in case the key came
+/// some other way. A decrypted event is handled like a live one; one still undecryptable after
+/// the last timed attempt is given up with a warning.
+async fn retry_undecryptable(client: Client, shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    let mut keys = match client.encryption().room_keys_received_stream().await {
+        Some(stream) => stream.boxed(),
+        None => {
+            tracing::warn!("no room-key stream (no crypto machine); undecryptable events are retried on a timer only");
+            futures_util::stream::pending().boxed()
+        }
+    };
+    loop {
+        let next_due = lock(&shared.undecryptable).next_due();
+        let sleep =
+            tokio::time::sleep_until(next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into());
+        tokio::select! {
+            update = keys.next() => {
+                let pending = match update {
+                    Some(Ok(infos)) => {
+                        let rooms: Vec<String> = infos.iter().map(|info| info.room_id.to_string()).collect();
+                        lock(&shared.undecryptable).in_rooms(&rooms)
+                    }
+                    // Missed notices (lagged): any room may have new keys.
+                    Some(Err(_)) => lock(&shared.undecryptable).all(),
+                    None => {
+                        keys = futures_util::stream::pending().boxed();
+                        continue;
+                    }
+                };
+                decrypt_again(&client, &shared, pending, false).await;
+            }
+            () = sleep => {
+                let due = lock(&shared.undecryptable).due(Instant::now());
+                decrypt_again(&client, &shared, due, true).await;
+            }
+            () = shared.undecryptable_added.notified() => {}
+        }
+    }
+}
+
+/// Tries to decrypt `pending` events, in order, and handles those that now decrypt. `timed`
+/// says whether this was a timed attempt, which counts against the event's budget.
+async fn decrypt_again(
+    client: &Client,
+    shared: &Shared,
+    pending: Vec<Undecrypted<Raw<OriginalSyncRoomEncryptedEvent>>>,
+    timed: bool,
+) {
+    for Undecrypted { room_id, event_id, event } in pending {
+        let room = RoomId::parse(&room_id).ok().and_then(|id| client.get_room(&id));
+        let decrypted = match &room {
+            Some(room) => room.decrypt_event(&event, None).await.ok().filter(|event| event.encryption_info().is_some()),
+            None => None,
+        };
+        let now = Instant::now();
+        if let (Some(room), Some(decrypted)) = (room, decrypted) {
+            let waited = lock(&shared.undecryptable).resolved(&room_id, &event_id, now);
+            tracing::info!(%room_id, %event_id, ?waited, "a late room key arrived; handling the event now");
+            let encryption = decrypted.encryption_info().map(|info| (**info).clone());
+            handle_event(client, &room, shared, decrypted.raw(), encryption.as_ref()).await;
+            continue;
+        }
+        if !timed {
+            continue;
+        }
+        if let Some(gave_up) = lock(&shared.undecryptable).failed(&room_id, &event_id, now) {
+            tracing::warn!(
+                room_id = %gave_up.room_id, event_id = %gave_up.event_id, attempts = gave_up.attempts, waited = ?gave_up.waited,
+                "an event stayed undecryptable (its room key never arrived); given up until the next restart's back-fill"
+            );
+        }
     }
 }
 
@@ -469,10 +615,33 @@ impl Handover for IntentItem {
     fn check(&self, sender_org: &str, room_address: &str) -> Result<(), super::wire::IntentRefusal> {
         IntentItem::check(self, sender_org, room_address)
     }
+    /// A new intent with a `human_task` starts its task here, in the same write: this node
+    /// sequences it now, as the initiator's node would have for a local handler. The events
+    /// the task adds go to the initiator's replica like any other; the timers its options ask
+    /// for (deadline, reminders, escalation) are scheduled with the save.
     fn take_over(self, txn: &mut Txn, link: &RemoteLink) -> Result<(), StoreError> {
         let Ok(id) = uuid::Uuid::parse_str(&self.record.intent_id) else { return Ok(()) };
-        if txn.intent(id)?.is_none() {
-            txn.insert_intent(self.record, &self.events, Some(link.clone()))?;
+        if txn.intent(id)?.is_some() {
+            return Ok(());
+        }
+        let (mut record, mut events) = (self.record, self.events);
+        let started = if record.options.contains_key("human_task") {
+            match txn.start_human_task(&mut record, &crate::clock::now_rfc3339()) {
+                Ok(started) => started,
+                Err(TaskStartError::Store(error)) => return Err(error),
+                // `IntentItem::check` let only fresh SUBMITTED intents through, which may wait.
+                Err(TaskStartError::Lifecycle(error)) => {
+                    tracing::error!(%error, intent_id = %record.intent_id, "the human task of an adopted intent could not start");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        events.extend(started.iter().cloned());
+        let stored = txn.insert_intent(record, &events, Some(link.clone()))?;
+        if !started.is_empty() {
+            txn.send_events_to_initiator(&stored, &started)?;
         }
         Ok(())
     }
@@ -763,6 +932,9 @@ async fn send_pending(
         }
     }
     *hold_since = None;
+    // Rooms whose peer has not joined yet: all their entries wait, in order, for a later pass.
+    let mut not_joined: HashSet<String> = HashSet::new();
+    let mut sent = false;
     // Consecutive entries for the same room and kind travel together.
     let mut start = 0;
     while start < entries.len() {
@@ -778,6 +950,11 @@ async fn send_pending(
             .map_or(entries.len(), |offset| start + offset);
         let run = &entries[start..end];
         let room = route_room(client, shared, first).await?;
+        if not_joined.contains(room.room_id().as_str()) || !peer_joined(shared, &room, &first.peer).await? {
+            not_joined.insert(room.room_id().to_string());
+            start = end;
+            continue;
+        }
         ensure_trusted(client, shared, &first.peer).await?;
         let items: Vec<Value> = run.iter().map(|(_, entry)| entry.item.clone()).collect();
         let items = if first.kind == OutboxKind::Lifecycle { batch::merge_lifecycle(items) } else { items };
@@ -811,9 +988,35 @@ async fn send_pending(
                 Ok(())
             })
             .await?;
+        sent = true;
         start = end;
     }
-    Ok(Pass::Sent)
+    Ok(if sent || not_joined.is_empty() { Pass::Sent } else { Pass::HeldUntil(Instant::now() + JOIN_POLL) })
+}
+
+/// How often the sender looks again whether the peer joined a new route room.
+const JOIN_POLL: Duration = Duration::from_millis(100);
+
+/// Whether the peer's node has joined `room`, as this node's sync saw it. Nothing may be sent
+/// before: a homeserver sends an event only to the servers in the room at that event, so an
+/// event created while the peer's join is still on its way never reaches the peer's homeserver
+/// (the peer would learn of it only when a later event names it as a predecessor). That lost
+/// the first intent of a new room now and then, while its room key, a to-device message,
+/// arrived.
+async fn peer_joined(shared: &Shared, room: &Room, peer: &NodeRef) -> Result<bool, TransportError> {
+    let record = node_record(&shared.routing, peer)
+        .ok_or_else(|| matrix_error(format!("node {} is not in the registry", peer.node)))?;
+    let user = UserId::parse(&record.matrix_user_id).map_err(matrix_error)?;
+    let member = room.get_member_no_sync(&user).await.map_err(matrix_error)?;
+    let joined = member.is_some_and(|member| *member.membership() == MembershipState::Join);
+    let room_id = room.room_id().to_string();
+    let mut awaiting = lock(&shared.awaiting_join);
+    if joined {
+        awaiting.remove(&room_id);
+    } else if awaiting.insert(room_id) {
+        tracing::info!(room_id = %room.room_id(), peer = %peer.node, "waiting for the peer node to join the route room before sending");
+    }
+    Ok(joined)
 }
 
 /// The room for an outbox entry: named in the entry, remembered, or created now.
@@ -861,7 +1064,7 @@ async fn route_room(client: &Client, shared: &Shared, entry: &OutboxEntry) -> Re
 
 /// Marks the peer's pinned device trusted (and only it), so that room keys reach it.
 async fn ensure_trusted(client: &Client, shared: &Shared, peer: &NodeRef) -> Result<(), TransportError> {
-    if shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&peer.node) {
+    if lock(&shared.trusted).contains(&peer.node) {
         return Ok(());
     }
     let record = node_record(&shared.routing, peer)
@@ -877,6 +1080,6 @@ async fn ensure_trusted(client: &Client, shared: &Shared, peer: &NodeRef) -> Res
         matrix_error(format!("device {} of {} not published yet", record.device_id, record.matrix_user_id))
     })?;
     device.set_local_trust(LocalTrust::Verified).await.map_err(matrix_error)?;
-    shared.trusted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(peer.node.clone());
+    lock(&shared.trusted).insert(peer.node.clone());
     Ok(())
 }

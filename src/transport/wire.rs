@@ -119,6 +119,8 @@ pub enum IntentRefusal {
     WrongRoom { to_agent: String, room_address: String },
     #[error("the intent arrives with {count} events in status {status}; expected seq 1-2 ending SUBMITTED")]
     NotFresh { count: usize, status: String },
+    #[error("the intent's human_task is not valid: {message}")]
+    BadHumanTask { message: String },
     #[error("the handler {handler} is not the address this room carries ({room_address})")]
     WrongHandler { handler: String, room_address: String },
     #[error("the log is not seq 1 to {seq} ending with the intent.transfer to this room's address")]
@@ -153,6 +155,11 @@ impl IntentItem {
         let seqs: Vec<u64> = self.events.iter().map(|event| event.seq).collect();
         if record.seq() != 2 || seqs != [1, 2] || record.status() != crate::intent::Status::Submitted {
             return Err(IntentRefusal::NotFresh { count: self.events.len(), status: record.status().to_string() });
+        }
+        // This node starts the task, so it checks it as its own API would at create.
+        if let Some(task) = record.options.get("human_task") {
+            crate::intent::HumanTask::parse(task)
+                .map_err(|error| IntentRefusal::BadHumanTask { message: error.to_string() })?;
         }
         Ok(())
     }
@@ -222,6 +229,16 @@ mod tests {
         let mut advanced = item("agent://acme/a", "agent://globex/b");
         advanced.events.pop();
         assert!(matches!(advanced.check("acme", "agent://globex/b"), Err(IntentRefusal::NotFresh { .. })));
+    }
+
+    #[test]
+    fn a_human_task_the_handlers_node_would_refuse_at_create_is_refused() {
+        let mut with_task = item("agent://acme/a", "agent://globex/b");
+        with_task.record.options.insert("human_task".into(), json!({"title": "Ship?", "task_type": "approval"}));
+        assert_eq!(with_task.check("acme", "agent://globex/b"), Ok(()));
+        with_task.record.options.insert("human_task".into(), json!({"title": "Ship?", "task_type": "dance"}));
+        let refused = with_task.check("acme", "agent://globex/b");
+        assert!(matches!(refused, Err(IntentRefusal::BadHumanTask { .. })), "{refused:?}");
     }
 
     #[test]

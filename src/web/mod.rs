@@ -145,7 +145,7 @@ impl Refusal {
 fn email_answerers(state: &AppState, record: &IntentRecord, task: &HumanTask) -> Vec<String> {
     let mut emails = task.emails();
     if let Some(contacts) = state.config().email.as_ref().map(|email| &email.contacts) {
-        let addresses = crate::api::task_answerers(record, task);
+        let addresses = task.answerers(record);
         emails.extend(
             addresses.iter().filter_map(|address| contacts.get(address.as_str())).map(|e| e.to_ascii_lowercase()),
         );
