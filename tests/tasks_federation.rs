@@ -122,8 +122,10 @@ async fn an_escalation_to_a_third_org_hands_the_waiting_intent_to_that_orgs_node
     let acme = &kit.node("acme").api();
     let initech = &kit.node("initech").api();
     let support = "agent://initech/support/desk";
+    // An agent assignee of initech finds the task there too, once it has moved.
+    let second = "agent://initech/support/second";
     let options = json!({
-        "human_task": {"title": "Refund?"},
+        "human_task": {"title": "Refund?", "assignees": [second]},
         "remind_after_seconds": 1,
         "remind_interval_seconds": 1,
         "max_reminders": 1,
@@ -137,6 +139,9 @@ async fn an_escalation_to_a_third_org_hands_the_waiting_intent_to_that_orgs_node
         body["tasks"].as_array().unwrap().iter().any(|task| task["intent_id"] == id.as_str()).then_some(())
     })
     .await;
+    let (status, body) = key_for(initech, &[second]).await.get("/v1/me/tasks").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["tasks"].as_array().unwrap().iter().any(|task| task["intent_id"] == id.as_str()), "{body}");
     let log = same_log(initech, acme, &id).await;
     assert_gapless(&log);
     assert_eq!(

@@ -116,7 +116,6 @@ pub(super) fn apply(
 /// After an answer: the task leaves the index, and the handler is told it is its turn again —
 /// on its stream, by poll, or pushed anew when it is bound to `http`.
 pub fn task_answered(txn: &mut Txn, stored: &StoredIntent) -> Result<(), crate::store::StoreError> {
-    txn.unindex_human_task(&stored.record);
     txn.notify_agent(stored.record.handler());
     txn.deliver_if_bound(stored, crate::clock::now_unix_ms(), &now_rfc3339())
 }

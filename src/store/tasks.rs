@@ -4,14 +4,16 @@
 //!
 //! Owns the `ht/` keys and [`Txn::start_human_task`], the one way a node that sequences an
 //! intent starts its task: at API create when the handler is local, and when the node adopts an
-//! intent another org's node sent to one of its handlers. Entries are written when a task is
-//! assigned and removed when it is answered; a task that ends another way (cancel, deadline)
-//! leaves its entry, which readers drop by checking that the task is still open. The task rules
+//! intent another org's node sent to one of its handlers. [`Txn::index_open_task`] runs in
+//! every save of an intent this node sequences and keeps the entries in step with the task:
+//! present while it is open — also after the intent moved here with its task open, by transfer
+//! or escalation — and gone in the write that answers, cancels or times it out. The task rules
 //! are `crate::intent::human_task`'s.
 
 use uuid::Uuid;
 
-use super::{Store, StoreError, Txn};
+use super::timers::owns;
+use super::{Store, StoreError, StoredIntent, Txn};
 use crate::address::AgentAddress;
 use crate::intent::{HumanTask, IntentRecord, LifecycleError, LifecycleEvent, TASK_ACTOR};
 
@@ -58,9 +60,8 @@ impl Txn<'_> {
         at: &str,
     ) -> Result<Vec<LifecycleEvent>, TaskStartError> {
         let events = record.assign_human_task(TASK_ACTOR, at)?;
-        if let Some((others, id)) = indexed(record) {
+        if let Some((others, _)) = indexed(record) {
             for address in others {
-                self.index_task(address.as_str(), id);
                 self.register_agent(address.as_str(), at)?;
             }
         }
@@ -71,12 +72,13 @@ impl Txn<'_> {
         Ok(events)
     }
 
-    /// Takes an answered task out of the index.
-    pub fn unindex_human_task(&mut self, record: &IntentRecord) {
-        if let Some((others, id)) = indexed(record) {
-            for address in others {
-                self.unindex_task(address.as_str(), id);
-            }
+    /// Indexes the intent's task for its answerers other than the handler while it is open on
+    /// this node, and drops the entries once it is not.
+    pub(super) fn index_open_task(&mut self, stored: &StoredIntent) {
+        let Some((others, id)) = indexed(&stored.record) else { return };
+        let open = owns(stored) && stored.record.open_human_task().is_some();
+        for address in others {
+            if open { self.index_task(address.as_str(), id) } else { self.unindex_task(address.as_str(), id) }
         }
     }
 
