@@ -18,12 +18,16 @@ use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::config::{CONFIG_FILE, Config};
 use crate::mail::Mailer;
 use crate::routing::Routing;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Txn};
 use crate::web::link::LinkKey;
 
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 pub const LINK_KEY_FILE: &str = "links.key";
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// Records one sweep pass forgets in one write.
+const SWEEP_BATCH: usize = 1000;
+/// How long the record of a sent, failed or skipped mail is kept (`GET /v1/admin/mails`).
+const MAIL_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -105,7 +109,21 @@ pub async fn run(
         None => Routing::standalone(&config.node.org),
     });
     let mut upkeep = vec![
-        tokio::spawn(sweep_idempotency(store.clone(), ttl_ms)),
+        tokio::spawn(sweep(
+            store.clone(),
+            "expired idempotency records",
+            move |store, now| store.idempotency_expired(now.saturating_sub(ttl_ms), SWEEP_BATCH),
+            |txn, record| txn.idempotency_forget(record),
+        )),
+        tokio::spawn(sweep(
+            store.clone(),
+            "spent links, ended sessions and old mails",
+            |store, now| store.people_expired(now, MAIL_RETENTION_MS, SWEEP_BATCH),
+            |txn, key| {
+                txn.remove(key);
+                Ok(())
+            },
+        )),
         tokio::spawn(routing.clone().watch(store.clone())),
         tokio::spawn(crate::delivery::worker::run(store.clone(), config.delivery.clone())),
         tokio::spawn(crate::timers::run(store.clone(), routing.clone(), config.matrix.is_some())),
@@ -159,34 +177,39 @@ fn link_secret(data_dir: &Path) -> Result<Vec<u8>, NodeError> {
     })
 }
 
-/// Forgets idempotency records older than the TTL, in small batches.
-async fn sweep_idempotency(store: Store, ttl_ms: u64) {
+/// Every `SWEEP_INTERVAL`, forgets what `expired` finds (given the time now), in batches
+/// of at most `SWEEP_BATCH`, with `forget` in the store's writer. `what` names it in the logs.
+async fn sweep<T: Send + 'static>(
+    store: Store,
+    what: &'static str,
+    expired: impl Fn(&Store, u64) -> Result<Vec<T>, StoreError> + Send + 'static,
+    forget: fn(&mut Txn, T) -> Result<(), StoreError>,
+) {
     let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         ticks.tick().await;
-        let cutoff = now_unix_ms().saturating_sub(ttl_ms);
         loop {
-            let expired = match store.idempotency_expired(cutoff, 1000) {
-                Ok(expired) if !expired.is_empty() => expired,
+            let found = match expired(&store, now_unix_ms()) {
+                Ok(found) if !found.is_empty() => found,
                 Ok(_) => break,
                 Err(error) => {
-                    tracing::warn!(%error, "idempotency sweep could not read");
+                    tracing::warn!(%error, what, "sweep could not read");
                     break;
                 }
             };
-            let count = expired.len();
+            let count = found.len();
             let forgotten = store
                 .write(move |txn| -> Result<(), StoreError> {
-                    for record in expired {
-                        txn.idempotency_forget(record)?;
+                    for item in found {
+                        forget(txn, item)?;
                     }
                     Ok(())
                 })
                 .await;
             match forgotten {
-                Ok(()) => tracing::debug!(count, "forgot expired idempotency records"),
+                Ok(()) => tracing::debug!(count, what, "swept"),
                 Err(error) => {
-                    tracing::warn!(%error, "idempotency sweep could not write");
+                    tracing::warn!(%error, what, "sweep could not write");
                     break;
                 }
             }

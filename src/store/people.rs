@@ -8,12 +8,14 @@
 //! | `mj/` | mail id (16 bytes) | mail job (what to tell whom, and how sending went) |
 //! | `mq/` | due (unix ms BE), mail id | nothing: schedule of mails to send |
 //! | `pt/` | email, 0, intent id | nothing: an open task the person answers |
-//! | `lu/` | link nonce | when the single-use link was spent |
+//! | `lu/` | link nonce | when the single-use link was spent, until the link expires |
 //! | `hs/` | session nonce | the web session (email, expiry) until signed out |
 //!
 //! [`Txn::notify_people`] runs in every intent save: the mail about a new task, a reminder or
 //! an escalation is queued in the same batch as the event, so it is owed exactly when the
-//! event exists. Composing and sending is `crate::mail`'s; checking links is `crate::web`'s.
+//! event exists. [`Store::people_expired`] finds what is no longer needed (spent links and
+//! sessions past their expiry, finished mails past their retention) for the node's sweep.
+//! Composing and sending is `crate::mail`'s; checking links is `crate::web`'s.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -105,6 +107,13 @@ impl MailJob {
     }
 }
 
+/// A spent single-use link; kept until the link would have expired anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Spent {
+    at: String,
+    until_ms: u64,
+}
+
 /// An open web session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -189,13 +198,14 @@ impl Txn<'_> {
         self.queue_mail(job);
     }
 
-    /// Spends a single-use link. Answers when it was spent before, and spends nothing then.
-    pub fn spend_link(&mut self, nonce: Uuid) -> Result<Option<String>, StoreError> {
+    /// Spends a single-use link that expires at `until_ms`. Answers when it was spent before,
+    /// and spends nothing then.
+    pub fn spend_link(&mut self, nonce: Uuid, until_ms: u64) -> Result<Option<String>, StoreError> {
         let key = [SPENT, nonce.as_bytes()].concat();
-        if let Some(at) = self.get_json::<String>(&key)? {
-            return Ok(Some(at));
+        if let Some(spent) = self.get_json::<Spent>(&key)? {
+            return Ok(Some(spent.at));
         }
-        self.put_json(key, &now_rfc3339());
+        self.put_json(key, &Spent { at: now_rfc3339(), until_ms });
         Ok(None)
     }
 
@@ -252,10 +262,91 @@ impl Store {
     }
 
     pub fn link_spent(&self, nonce: Uuid) -> Result<Option<String>, StoreError> {
-        self.get_json(&[SPENT, nonce.as_bytes()].concat())
+        Ok(self.get_json::<Spent>(&[SPENT, nonce.as_bytes()].concat())?.map(|spent| spent.at))
+    }
+
+    /// Keys of records no longer needed at `now_ms`, at most `limit`: spent links and sessions
+    /// past their expiry (a link or cookie that old is refused by its signature check anyway),
+    /// and mails no longer pending created more than `keep_mails_ms` ago.
+    pub fn people_expired(&self, now_ms: u64, keep_mails_ms: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.tree.scan_prefix(SPENT) {
+            let (key, value) = item?;
+            if super::decode::<Spent>(&value)?.until_ms <= now_ms {
+                keys.push(key.to_vec());
+            }
+        }
+        for item in self.tree.scan_prefix(SESSIONS) {
+            let (key, value) = item?;
+            if super::decode::<Session>(&value)?.expires_ms <= now_ms {
+                keys.push(key.to_vec());
+            }
+        }
+        let cutoff = now_ms.saturating_sub(keep_mails_ms);
+        // Mail ids are time-ordered: the old ones come first.
+        for item in self.tree.scan_prefix(JOBS) {
+            let (key, value) = item?;
+            let job: MailJob = super::decode(&value)?;
+            if job.created_ms >= cutoff {
+                break;
+            }
+            if !matches!(job.status, MailStatus::Pending { .. }) {
+                keys.push(key.to_vec());
+            }
+        }
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     pub fn session(&self, nonce: Uuid) -> Result<Option<Session>, StoreError> {
         self.get_json(&[SESSIONS, nonce.as_bytes()].concat())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(created_ms: u64, status: MailStatus) -> MailJob {
+        let mut job = MailJob::new(Recipient::Email("ann@example.com".into()), MailAbout::SignIn);
+        job.id = Uuid::now_v7();
+        job.created_ms = created_ms;
+        job.status = status;
+        job
+    }
+
+    #[tokio::test]
+    async fn only_what_has_expired_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(dir.path()).unwrap();
+        let now = 10_000_000;
+        let (old_link, live_link, old_session, live_session) =
+            (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let sent_long_ago = job(1_000, MailStatus::Sent { at: "then".into() });
+        let pending_long_ago = job(2_000, MailStatus::Pending { due_ms: now });
+        let sent_lately = job(now - 10, MailStatus::Skipped { reason: "no SMTP".into() });
+        let jobs = [sent_long_ago.clone(), pending_long_ago, sent_lately];
+        store
+            .write(move |txn| -> Result<(), StoreError> {
+                assert_eq!(txn.spend_link(old_link, now - 1)?, None);
+                assert_eq!(txn.spend_link(live_link, now + 1)?, None);
+                assert!(txn.spend_link(live_link, now + 1)?.is_some(), "a link is spent once");
+                txn.open_session(old_session, &Session { email: "ann@example.com".into(), expires_ms: now });
+                txn.open_session(live_session, &Session { email: "ann@example.com".into(), expires_ms: now + 1 });
+                for job in &jobs {
+                    txn.queue_mail(job);
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let swept = store.people_expired(now, 1_000_000, 100).unwrap();
+        let expected = vec![
+            [SPENT, old_link.as_bytes()].concat(),
+            [SESSIONS, old_session.as_bytes()].concat(),
+            job_key(sent_long_ago.id),
+        ];
+        assert_eq!(swept, expected);
+        assert_eq!(store.people_expired(now, 1_000_000, 2).unwrap().len(), 2, "at most the limit");
     }
 }

@@ -174,7 +174,7 @@ fn check_open(state: &AppState, stored: StoredIntent, email: &str) -> Result<(St
 
 /// How a page was reached: by a magic link (spent by the answer) or in a session.
 enum Via {
-    Link { nonce: Uuid, email: String },
+    Link { nonce: Uuid, email: String, until_ms: u64 },
     Session { claims: Claims },
 }
 
@@ -241,7 +241,7 @@ fn task_link(state: &AppState, token: &str) -> Result<(Claims, Uuid), Refusal> {
 async fn show_by_link(State(state): State<AppState>, Path(token): Path<String>) -> Page {
     let shown = task_link(&state, &token).and_then(|(claims, id)| {
         let (stored, task) = open_task_for(&state, id, &claims.email)?;
-        let via = Via::Link { nonce: claims.nonce, email: claims.email.clone() };
+        let via = Via::Link { nonce: claims.nonce, email: claims.email.clone(), until_ms: claims.exp };
         Ok(render_task(&state, &stored, &task, &format!("/tasks/link/{token}"), &via, None, &[]))
     });
     match shown {
@@ -255,7 +255,7 @@ async fn answer_by_link(State(state): State<AppState>, Path(token): Path<String>
         Ok(found) => found,
         Err(refusal) => return refusal.page(),
     };
-    let via = Via::Link { nonce: claims.nonce, email: claims.email.clone() };
+    let via = Via::Link { nonce: claims.nonce, email: claims.email.clone(), until_ms: claims.exp };
     submit(&state, id, via, &format!("/tasks/link/{token}"), request).await
 }
 
@@ -301,8 +301,8 @@ async fn answer(state: &AppState, id: Uuid, via: &Via, submission: &Submission) 
     let (_, task) = open_task_for(state, id, via.email())?;
     let task_result = form::task_result(&task, submission).map_err(Refusal::Invalid)?;
     let (email, channel) = (via.email().to_owned(), via.channel());
-    let nonce = match via {
-        Via::Link { nonce, .. } => Some(*nonce),
+    let spend = match via {
+        Via::Link { nonce, until_ms, .. } => Some((*nonce, *until_ms)),
         Via::Session { .. } => None,
     };
     let checker = state.clone();
@@ -311,8 +311,8 @@ async fn answer(state: &AppState, id: Uuid, via: &Via, submission: &Submission) 
         .write(move |txn| -> Result<IntentRecord, Refusal> {
             let stored = txn.intent(id)?.ok_or(Refusal::NotFound)?;
             let (mut stored, _) = check_open(&checker, stored, &email)?;
-            if let Some(nonce) = nonce
-                && let Some(at) = txn.spend_link(nonce)?
+            if let Some((nonce, until_ms)) = spend
+                && let Some(at) = txn.spend_link(nonce, until_ms)?
             {
                 return Err(Refusal::Spent { at });
             }
@@ -497,11 +497,12 @@ async fn sign_in(State(state): State<AppState>, Path(token): Path<String>) -> Re
     let expires_ms = now_unix_ms().saturating_add(hours.saturating_mul(3_600_000));
     let session =
         Claims { purpose: Purpose::Session, email: claims.email.clone(), exp: expires_ms, nonce: Uuid::now_v7() };
-    let (link_nonce, session_nonce, email) = (claims.nonce, session.nonce, claims.email.clone());
+    let (link_nonce, link_until, session_nonce, email) =
+        (claims.nonce, claims.exp, session.nonce, claims.email.clone());
     let opened = state
         .store()
         .write(move |txn| -> Result<(), Refusal> {
-            if let Some(at) = txn.spend_link(link_nonce)? {
+            if let Some(at) = txn.spend_link(link_nonce, link_until)? {
                 return Err(Refusal::Spent { at });
             }
             txn.open_session(session_nonce, &Session { email, expires_ms });
