@@ -58,6 +58,16 @@ async fn post_form(client: &reqwest::Client, url: &str, form: &[(&str, &str)]) -
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// Signs `email` in through the emailed link (its `nth` mail) and answers the session cookie.
+async fn sign_in(node: &TestNode, sink: &Sink, client: &reqwest::Client, email: &str, nth: usize) -> String {
+    let (status, _) = post_form(client, &format!("{}/tasks/sign-in", node.url), &[("email", email)]).await;
+    assert_eq!(status, 200);
+    let link = local(node, &sink.wait_for(email, nth).await.link("/tasks/sign-in/"));
+    let response = client.post(&link).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+}
+
 /// The link as the node would be reached now (a restarted test node listens on a new port).
 fn local(node: &TestNode, link: &str) -> String {
     let path = &link[link.find("/tasks/").unwrap()..];
@@ -198,8 +208,13 @@ async fn reminders_and_escalations_are_mailed() {
     let reminder_event = events.iter().find(|event| event["event_type"] == "intent.reminder").unwrap();
     assert_eq!(reminder_event["details"]["notification"]["email"], json!([ANN, "bob@example.com"]));
 
-    // The escalation target's person answers from the link in their mail.
+    // The escalation target's person finds the task in their list once signed in...
     let client = browser();
+    let cookie = sign_in(&node, &sink, &client, "lead@example.com", 2).await;
+    let html = client.get(format!("{}/tasks", node.url)).header("cookie", &cookie).send().await.unwrap();
+    let html = html.text().await.unwrap();
+    assert!(html.contains("Sign the waiver") && html.contains(&format!("/tasks/{id}")), "{html}");
+    // ...and answers from the link in their mail.
     let link = local(&node, &lead.link("/tasks/link/"));
     let (status, html) = post_form(&client, &link, &[("outcome", "confirmed")]).await;
     assert_eq!(status, 200, "{html}");

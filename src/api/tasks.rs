@@ -27,11 +27,10 @@ use super::views;
 use crate::address::AgentAddress;
 use crate::clock::now_rfc3339;
 use crate::intent::{Decision, EventType, IntentRecord, LifecycleEvent, REJECTED, TaskError};
-use crate::store::{Feed, StoredIntent, Txn};
+use crate::store::{StoredIntent, Txn};
 use uuid::Uuid;
 
 const MAX_TASKS: usize = 500;
-const FEED_PAGE: usize = 500;
 
 impl From<TaskError> for ApiError {
     fn from(error: TaskError) -> Self {
@@ -205,7 +204,7 @@ pub async fn mine(
     let mut seen = BTreeSet::new();
     let mut tasks = Vec::new();
     'addresses: for address in &addresses {
-        for id in candidates(&state, address)? {
+        for id in state.store().task_candidates(address.as_str())? {
             let Some(stored) = state.store().intent(id)? else { continue };
             let Some(task) = stored.record.open_human_task() else { continue };
             let allowed = task.answerers(&stored.record);
@@ -222,23 +221,6 @@ pub async fn mine(
         }
     }
     Ok(Json(json!({"ok": true, "tasks": tasks})))
-}
-
-/// Intents that may hold a task for `address`: its open intents as handler, and the tasks it
-/// answers otherwise (`ht/` index).
-fn candidates(state: &AppState, address: &AgentAddress) -> ApiResult<Vec<Uuid>> {
-    let mut ids = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let page = state.store().feed(Feed::Open, address.as_str(), cursor, FEED_PAGE)?;
-        ids.extend(page.iter().map(|entry| entry.intent_id));
-        cursor = page.last().map_or(cursor, |entry| entry.cursor);
-        if page.len() < FEED_PAGE {
-            break;
-        }
-    }
-    ids.extend(state.store().tasks_of(address.as_str())?);
-    Ok(ids)
 }
 
 fn task_item(state: &AppState, stored: &StoredIntent) -> ApiResult<Value> {

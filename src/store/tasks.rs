@@ -92,7 +92,27 @@ impl Txn<'_> {
     }
 }
 
+/// Open intents read from a handler's feed at a time.
+const FEED_PAGE: usize = 500;
+
 impl Store {
+    /// Intents that may hold a task for `address`: its open intents as handler, and the tasks
+    /// it answers otherwise (`ht/` index). Readers check that each task is open.
+    pub fn task_candidates(&self, address: &str) -> Result<Vec<Uuid>, StoreError> {
+        let mut ids = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self.feed(super::Feed::Open, address, cursor, FEED_PAGE)?;
+            ids.extend(page.iter().map(|entry| entry.intent_id));
+            cursor = page.last().map_or(cursor, |entry| entry.cursor);
+            if page.len() < FEED_PAGE {
+                break;
+            }
+        }
+        ids.extend(self.tasks_of(address)?);
+        Ok(ids)
+    }
+
     /// Intents whose task `address` is asked to answer, oldest id first (may include tasks
     /// already over).
     pub fn tasks_of(&self, address: &str) -> Result<Vec<Uuid>, StoreError> {

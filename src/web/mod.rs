@@ -418,7 +418,7 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Page {
     let Some(session) = session_of(&state, &headers) else {
         return Page(StatusCode::OK, pages::sign_in(None, None));
     };
-    let ids = match state.store().person_tasks(&session.email) {
+    let ids = match person_task_candidates(&state, &session.email) {
         Ok(ids) => ids,
         Err(error) => return Refusal::Store(error).page(),
     };
@@ -434,6 +434,19 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Page {
         })
         .collect();
     Page(StatusCode::OK, pages::task_list(&session.email, &tasks))
+}
+
+/// The intents that may hold a task for `email`: those naming it, and those of the addresses
+/// `[email.contacts]` says it stands behind; each once, oldest first.
+fn person_task_candidates(state: &AppState, email: &str) -> Result<Vec<Uuid>, StoreError> {
+    let mut ids = state.store().person_tasks(email)?;
+    let contacts = state.config().email.as_ref().map(|config| &config.contacts);
+    for (address, _) in contacts.into_iter().flatten().filter(|(_, contact)| contact.eq_ignore_ascii_case(email)) {
+        ids.extend(state.store().task_candidates(address)?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 async fn request_sign_in(State(state): State<AppState>, axum::Form(form): axum::Form<Vec<(String, String)>>) -> Page {
