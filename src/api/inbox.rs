@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Fields};
-use super::intents::{Idempotency, IntentCall, forward_to_owner, once};
+use super::intents::{Idempotency, IntentCall, OwnerQuery, forward_to_owner, once};
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::{now_rfc3339, now_unix_ms};
@@ -216,11 +216,6 @@ pub async fn changes(State(state): State<AppState>, InboxRead { owner, query }: 
         page.iter().map(|thread| json!({"cursor": thread.cursor.to_string(), "thread": view(thread)})).collect();
     let next_cursor = page.last().map(|thread| thread.cursor.to_string());
     Ok(Json(json!({"ok": true, "changes": changes, "next_cursor": next_cursor, "has_more": has_more})))
-}
-
-#[derive(Deserialize)]
-pub struct OwnerQuery {
-    owner_agent: Option<String>,
 }
 
 /// `GET /v1/inbox/{thread_id}`.

@@ -360,9 +360,10 @@ pub async fn events(
     Ok(Json(json!({"ok": true, "events": events, "next_since": next_since})))
 }
 
+/// `?owner_agent=`: the address a request acts as (also the `x-owner-agent` header).
 #[derive(Deserialize)]
 pub struct OwnerQuery {
-    owner_agent: Option<String>,
+    pub(super) owner_agent: Option<String>,
 }
 
 /// What every operation on one intent (`POST /v1/intents/{id}/<operation>`) or inbox thread

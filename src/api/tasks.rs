@@ -16,13 +16,12 @@ use std::collections::BTreeSet;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
-use super::intents::{IntentCall, operate};
+use super::intents::{IntentCall, OwnerQuery, operate};
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::now_rfc3339;
@@ -176,11 +175,6 @@ pub async fn decision(State(state): State<AppState>, call: IntentCall) -> ApiRes
     operate(&state, caller, &id, idempotency, None, change, wake_handler).await
 }
 
-#[derive(Deserialize)]
-pub struct TasksQuery {
-    owner_agent: Option<String>,
-}
-
 /// `GET /v1/me/tasks`: open tasks the caller's addresses may answer (the one named by
 /// `owner_agent`/`x-owner-agent`, else every known agent the key may act for), as handler or
 /// as assignee / `escalate_to`.
@@ -188,7 +182,7 @@ pub async fn mine(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(query): Query<TasksQuery>,
+    Query(query): Query<OwnerQuery>,
 ) -> ApiResult<Json<Value>> {
     let owner = caller.owner(&headers, query.owner_agent.as_deref())?;
     let addresses: Vec<AgentAddress> = match &owner {
