@@ -15,7 +15,6 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde_json::Value;
 
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::config::{EmailSection, SmtpTls};
@@ -88,10 +87,7 @@ pub struct Composed {
 pub fn compose(about: &MailAbout, record: Option<&IntentRecord>, link: &str, expires: &str) -> Composed {
     let task = record.and_then(HumanTask::of);
     let title = task.as_ref().map_or("a task", |task| task.title.as_str());
-    let description = record
-        .and_then(|record| record.options.get("human_task"))
-        .and_then(|task| task.get("description"))
-        .and_then(Value::as_str);
+    let description = task.as_ref().and_then(|task| task.description.as_deref());
     let kind = task.as_ref().map_or("task", |task| task.task_type.as_str()).replace('_', " ");
     let (subject, opening) = match about {
         MailAbout::TaskAssigned { .. } => {

@@ -181,6 +181,7 @@ impl TaskType {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HumanTask {
     pub title: String,
+    pub description: Option<String>,
     pub task_type: TaskType,
     pub allowed_outcomes: Option<Vec<String>>,
     pub required_comment: bool,
@@ -258,7 +259,8 @@ impl HumanTask {
         if title.chars().count() > 255 {
             return Err(invalid(format!("{PATH}.title"), "must be at most 255 characters"));
         }
-        if string_of(object, PATH, "description")?.is_some_and(|text| text.chars().count() > 2000) {
+        let description = string_of(object, PATH, "description")?.map(str::to_owned);
+        if description.as_ref().is_some_and(|text| text.chars().count() > 2000) {
             return Err(invalid(format!("{PATH}.description"), "must be at most 2000 characters"));
         }
         let notify_email = string_of(object, PATH, "notify_email")?.map(str::to_owned);
@@ -286,6 +288,7 @@ impl HumanTask {
         };
         Ok(HumanTask {
             title: title.to_owned(),
+            description,
             task_type,
             allowed_outcomes: strings_of(object, PATH, "allowed_outcomes", 20, 64)?,
             required_comment: bool_of(object, PATH, "required_comment")?,
@@ -309,11 +312,6 @@ impl HumanTask {
         emails
     }
 
-    /// The outcomes a person may pick, in order; `None` is any.
-    pub fn choices(&self) -> Option<Vec<&str>> {
-        self.outcomes()
-    }
-
     /// The task of an intent, if it has one (its options were checked at create).
     pub fn of(record: &IntentRecord) -> Option<HumanTask> {
         record.options.get("human_task").and_then(|value| HumanTask::parse(value).ok())
@@ -331,7 +329,8 @@ impl HumanTask {
             .collect()
     }
 
-    fn outcomes(&self) -> Option<Vec<&str>> {
+    /// The outcomes a person may pick, in order; `None` is any.
+    pub fn outcomes(&self) -> Option<Vec<&str>> {
         match &self.allowed_outcomes {
             Some(list) => Some(list.iter().map(String::as_str).collect()),
             None => self.task_type.outcomes().map(|list| list.to_vec()),

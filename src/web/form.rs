@@ -63,12 +63,15 @@ pub fn outcome_label(outcome: &str) -> String {
         "completed" => "Mark as done".into(),
         "failed" => "Report it failed".into(),
         "submitted" => "Submit".into(),
-        other => {
-            let spaced = other.replace('_', " ");
-            let mut chars = spaced.chars();
-            chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
-        }
+        other => as_words(other),
     }
+}
+
+/// A machine name as people read it: `needs_info` → `Needs info`.
+pub fn as_words(name: &str) -> String {
+    let spaced = name.replace('_', " ");
+    let mut chars = spaced.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// The `task_result` of a submission. A form field whose text is not of its type is refused

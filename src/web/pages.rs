@@ -5,7 +5,7 @@
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
-use super::form::{Inputs, input_of, outcome_label};
+use super::form::{Inputs, as_words, input_of, outcome_label};
 use crate::intent::{FieldKind, HumanTask, IntentRecord, TaskError};
 
 const STYLE: &str = "
@@ -88,7 +88,6 @@ fn needs_comment(task: &HumanTask) -> bool {
 pub fn task(page: &TaskPage) -> Markup {
     let record = page.record;
     let task = page.task;
-    let description = record.options.get("human_task").and_then(|task| task.get("description")).and_then(Value::as_str);
     let invalid = page.error.and_then(input_of);
     // People read the input's label where the API names a JSON path.
     let message = page.error.map(|error| {
@@ -137,7 +136,7 @@ pub fn task(page: &TaskPage) -> Markup {
                 }
             }
         }
-        @if let Some(description) = description { p { (description) } }
+        @if let Some(description) = &task.description { p { (description) } }
         dl {
             dt { "Task" } dd { (task.task_type.as_str().replace('_', " ")) }
             dt { "Requested by" } dd { (record.from_agent) }
@@ -209,7 +208,7 @@ pub fn task(page: &TaskPage) -> Markup {
             }
             (text_input("comment", "Comment", Some(comment_hint(task)), needs_comment(task), true))
             div class="actions" {
-                @match task.choices() {
+                @match task.outcomes() {
                     Some(outcomes) => {
                         @for (index, outcome) in outcomes.iter().enumerate() {
                             button type="submit" name="outcome" value=(outcome)
@@ -224,17 +223,11 @@ pub fn task(page: &TaskPage) -> Markup {
     document(&task.title, body)
 }
 
-/// The label of a page input: a form field's `title`, else its name capitalised.
+/// The label of a page input: a form field's `title`, else its name in words.
 fn label_of(task: &HumanTask, input: &str) -> String {
-    let Some(name) = input.strip_prefix("field.") else {
-        let mut chars = input.chars();
-        return chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default();
-    };
+    let Some(name) = input.strip_prefix("field.") else { return as_words(input) };
     let title = task.form_schema.as_ref().and_then(|schema| schema.fields().find(|field| field.name == name)?.title);
-    match title {
-        Some(title) => title.to_owned(),
-        None => label_of(task, name),
-    }
+    title.map_or_else(|| as_words(name), str::to_owned)
 }
 
 fn comment_hint(task: &HumanTask) -> &'static str {
