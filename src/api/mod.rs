@@ -28,7 +28,7 @@ use axum::routing::{delete, get, post};
 use tracing::Instrument;
 
 pub use error::{ApiError, ApiResult};
-pub use tasks::task_answered;
+pub use tasks::{record_answer, task_answered};
 
 use crate::config::Config;
 use crate::routing::Routing;

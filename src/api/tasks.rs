@@ -25,7 +25,7 @@ use super::intents::{IntentCall, OwnerQuery, operate};
 use super::views;
 use crate::address::AgentAddress;
 use crate::clock::now_rfc3339;
-use crate::intent::{Decision, EventType, IntentRecord, LifecycleEvent, REJECTED, TaskError};
+use crate::intent::{Answer, Decision, EventType, IntentRecord, LifecycleEvent, REJECTED, TaskError};
 use crate::store::{StoredIntent, Txn};
 use uuid::Uuid;
 
@@ -92,12 +92,7 @@ pub(super) fn apply(
         }
     }
     let decision = Decision { by, at: now_rfc3339(), via: via.to_owned() };
-    let (answer, events) = stored.record.answer_human_task(task_result, &decision)?;
-    tracing::info!(
-        target: "axp::audit", decision = "human_task_answered", intent_id = %stored.record.intent_id,
-        by = %decision.by, at = %decision.at, via = %decision.via, key_id = %caller.key.key_id,
-        outcome = %answer.outcome, "human task answered"
-    );
+    let (answer, events) = record_answer(stored, task_result, &decision, Some(&caller.key.key_id))?;
     let answer = json!({
         "ok": true,
         "applied": true,
@@ -108,6 +103,24 @@ pub(super) fn apply(
         "intent": views::intent(stored),
         "event": events.first().map(views::event),
     });
+    Ok((answer, events))
+}
+
+/// Applies a person's answer to the intent's open task and writes its audit record: what every
+/// channel (API, approvals, inbox, CLI, mail link, web page) does once it knows who answers.
+/// `key_id` is the API key's, for answers that came with one.
+pub fn record_answer(
+    stored: &mut StoredIntent,
+    task_result: &Map<String, Value>,
+    decision: &Decision,
+    key_id: Option<&str>,
+) -> Result<(Answer, Vec<LifecycleEvent>), TaskError> {
+    let (answer, events) = stored.record.answer_human_task(task_result, decision)?;
+    tracing::info!(
+        target: "axp::audit", decision = "human_task_answered", intent_id = %stored.record.intent_id,
+        by = %decision.by, at = %decision.at, via = %decision.via, key_id = key_id.unwrap_or("-"),
+        outcome = %answer.outcome, "human task answered"
+    );
     Ok((answer, events))
 }
 

@@ -298,8 +298,7 @@ async fn submit(state: &AppState, id: Uuid, via: Via, action: &str, request: Req
 /// Answers the task in one write: checks it is open and `email`'s, spends the link, applies
 /// the answer and wakes the handler. An invalid answer spends nothing.
 async fn answer(state: &AppState, id: Uuid, via: &Via, submission: &Submission) -> Result<IntentRecord, Refusal> {
-    let (_, task) = open_task_for(state, id, via.email())?;
-    let task_result = form::task_result(&task, submission).map_err(Refusal::Invalid)?;
+    let submission = submission.clone();
     let (email, channel) = (via.email().to_owned(), via.channel());
     let spend = match via {
         Via::Link { nonce, until_ms, .. } => Some((*nonce, *until_ms)),
@@ -310,22 +309,18 @@ async fn answer(state: &AppState, id: Uuid, via: &Via, submission: &Submission) 
         .store()
         .write(move |txn| -> Result<IntentRecord, Refusal> {
             let stored = txn.intent(id)?.ok_or(Refusal::NotFound)?;
-            let (mut stored, _) = check_open(&checker, stored, &email)?;
+            let (mut stored, task) = check_open(&checker, stored, &email)?;
+            let task_result = form::task_result(&task, &submission).map_err(Refusal::Invalid)?;
             if let Some((nonce, until_ms)) = spend
                 && let Some(at) = txn.spend_link(nonce, until_ms)?
             {
                 return Err(Refusal::Spent { at });
             }
             let decision = Decision { by: email.clone(), at: now_rfc3339(), via: channel.to_owned() };
-            let (answer, events) =
-                stored.record.answer_human_task(&task_result, &decision).map_err(Refusal::Invalid)?;
+            let (_, events) =
+                crate::api::record_answer(&mut stored, &task_result, &decision, None).map_err(Refusal::Invalid)?;
             txn.update_intent(&stored, &events)?;
             crate::api::task_answered(txn, &stored)?;
-            tracing::info!(
-                target: "axp::audit", decision = "human_task_answered", intent_id = %stored.record.intent_id,
-                by = %decision.by, at = %decision.at, via = %decision.via, outcome = %answer.outcome,
-                "human task answered"
-            );
             Ok(stored.record)
         })
         .await?;
