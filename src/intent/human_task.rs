@@ -680,9 +680,12 @@ impl FieldRule {
 impl IntentRecord {
     /// The intent's task, if one is open now: WAITING for a human with a `human_task`.
     pub fn open_human_task(&self) -> Option<HumanTask> {
-        (self.status() == Status::Waiting && self.waiting_reason() == Some(WaitingReason::WaitingForHuman))
-            .then(|| HumanTask::of(self))
-            .flatten()
+        self.waits_for_human().then(|| HumanTask::of(self)).flatten()
+    }
+
+    /// Whether the intent is WAITING with WAITING_FOR_HUMAN (its task, if it has one, is open).
+    pub fn waits_for_human(&self) -> bool {
+        self.status() == Status::Waiting && self.waiting_reason() == Some(WaitingReason::WaitingForHuman)
     }
 
     /// Starts the intent's human task: WAITING with WAITING_FOR_HUMAN (`intent.waiting`), then

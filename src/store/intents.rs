@@ -292,8 +292,7 @@ impl Txn<'_> {
         self.put_json(intent_key(id), stored);
         self.notify_intent(&stored.record.intent_id);
         self.schedule_timers(id, stored)?;
-        self.index_open_task(stored);
-        self.notify_people(stored, events)?;
+        self.follow_human_task(stored, events)?;
         self.deliver_to_inbox(stored, events)
     }
 

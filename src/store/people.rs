@@ -11,7 +11,7 @@
 //! | `lu/` | link nonce | when the single-use link was spent, until the link expires |
 //! | `hs/` | session nonce | the web session (email, expiry) until signed out |
 //!
-//! [`Txn::notify_people`] runs in every intent save: the mail about a new task, a reminder or
+//! [`Txn::notify_people`] runs in every intent save (from `Txn::follow_human_task`): the mail about a new task, a reminder or
 //! an escalation is queued in the same batch as the event, so it is owed exactly when the
 //! event exists. [`Store::people_expired`] finds what is no longer needed (spent links and
 //! sessions past their expiry, finished mails past their retention) for the node's sweep.
@@ -20,9 +20,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::intents::parse_id;
-use super::timers::owns;
-use super::{Store, StoreError, StoredIntent, Txn};
+use super::{Store, StoreError, Txn};
 use crate::clock::{now_rfc3339, now_unix_ms};
 use crate::intent::{EventType, HumanTask, LifecycleEvent};
 
@@ -134,24 +132,18 @@ fn person_prefix(email: &str) -> Vec<u8> {
 }
 
 impl Txn<'_> {
-    /// Queues the mails a change owes people and keeps each person's task list in step with
-    /// the intent. Only the node that sequences the intent does this; replicas stay quiet. One
-    /// mail per person per change, about its most pressing event (an intent adopted with its
-    /// log brings old events along).
-    pub(super) fn notify_people(&mut self, stored: &StoredIntent, events: &[LifecycleEvent]) -> Result<(), StoreError> {
-        if !owns(stored) {
-            return Ok(());
-        }
-        let Some(task) = HumanTask::of(&stored.record) else { return Ok(()) };
-        let id = parse_id(&stored.record)?;
-        let open = stored.record.open_human_task().is_some();
+    /// Keeps each person's task list in step with the task (`open` only where this node
+    /// sequences the intent) and, while it is open, queues the mails the change owes them: one
+    /// per person, about its most pressing event (an intent adopted with its log brings old
+    /// events along). Replicas stay quiet.
+    pub(super) fn notify_people(&mut self, task: &HumanTask, id: Uuid, open: bool, events: &[LifecycleEvent]) {
         let emails = task.emails();
         for email in &emails {
             let key = [person_prefix(email), id.as_bytes().to_vec()].concat();
             if open { self.put(key, Vec::new()) } else { self.remove(key) }
         }
         if !open {
-            return Ok(());
+            return;
         }
         let pressing = events.iter().rev().max_by_key(|event| match event.event_type {
             EventType::Escalated => 3,
@@ -170,7 +162,7 @@ impl Txn<'_> {
             Some(event) if event.event_type == EventType::HumanTaskAssigned => {
                 MailAbout::TaskAssigned { intent_id: id }
             }
-            _ => return Ok(()),
+            _ => return,
         };
         let mut recipients: Vec<Recipient> = emails.into_iter().map(Recipient::Email).collect();
         if let MailAbout::Escalated { to, .. } = &about
@@ -181,7 +173,6 @@ impl Txn<'_> {
         for to in recipients {
             self.queue_mail(&MailJob::new(to, about.clone()));
         }
-        Ok(())
     }
 
     pub fn queue_mail(&mut self, job: &MailJob) {

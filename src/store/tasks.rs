@@ -37,12 +37,9 @@ impl TaskStartError {
     }
 }
 
-/// The answerers of the intent's task other than its handler, and the intent's id: what the
-/// `ht/` index holds for it.
-fn indexed(record: &IntentRecord) -> Option<(Vec<AgentAddress>, Uuid)> {
-    let task = HumanTask::of(record)?;
-    let others = task.answerers(record).into_iter().filter(|address| address.as_str() != record.handler()).collect();
-    Some((others, Uuid::parse_str(&record.intent_id).ok()?))
+/// The answerers of the intent's task other than its handler: whom the `ht/` index lists it for.
+fn others(task: &HumanTask, record: &IntentRecord) -> Vec<AgentAddress> {
+    task.answerers(record).into_iter().filter(|address| address.as_str() != record.handler()).collect()
 }
 
 fn task_key(address: &str, id: Uuid) -> Vec<u8> {
@@ -60,8 +57,8 @@ impl Txn<'_> {
         at: &str,
     ) -> Result<Vec<LifecycleEvent>, TaskStartError> {
         let events = record.assign_human_task(TASK_ACTOR, at)?;
-        if let Some((others, _)) = indexed(record) {
-            for address in others {
+        if let Some(task) = HumanTask::of(record) {
+            for address in others(&task, record) {
                 self.register_agent(address.as_str(), at)?;
             }
         }
@@ -72,14 +69,23 @@ impl Txn<'_> {
         Ok(events)
     }
 
-    /// Indexes the intent's task for its answerers other than the handler while it is open on
-    /// this node, and drops the entries once it is not.
-    pub(super) fn index_open_task(&mut self, stored: &StoredIntent) {
-        let Some((others, id)) = indexed(&stored.record) else { return };
-        let open = owns(stored) && stored.record.open_human_task().is_some();
-        for address in others {
+    /// Keeps what hangs on the intent's human task in step with it, in every save: the `ht/`
+    /// entries of its answerers other than the handler and, through [`Txn::notify_people`],
+    /// the people's task lists and the mails the change owes them. The task counts as open
+    /// only where this node sequences the intent; elsewhere its entries go.
+    pub(super) fn follow_human_task(
+        &mut self,
+        stored: &StoredIntent,
+        events: &[LifecycleEvent],
+    ) -> Result<(), StoreError> {
+        let Some(task) = HumanTask::of(&stored.record) else { return Ok(()) };
+        let id = super::intents::parse_id(&stored.record)?;
+        let open = owns(stored) && stored.record.waits_for_human();
+        for address in others(&task, &stored.record) {
             if open { self.index_task(address.as_str(), id) } else { self.unindex_task(address.as_str(), id) }
         }
+        self.notify_people(&task, id, open, events);
+        Ok(())
     }
 
     /// Notes that `address` is asked to answer the task of intent `id`.
