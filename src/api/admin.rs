@@ -8,9 +8,11 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Fields, JsonBody};
+use super::intents::query_number;
 use crate::address::AddressPattern;
 use crate::auth::{ApiKeyRecord, issue_key};
 use crate::clock::now_rfc3339;
+use crate::store::MailStatus;
 
 fn require_admin(caller: &Caller) -> ApiResult<()> {
     if caller.key.admin {
@@ -84,10 +86,8 @@ pub async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResu
 pub struct MailsQuery {
     status: Option<String>,
     intent_id: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
 }
-
-const MAIL_STATES: [&str; 4] = ["pending", "sent", "failed", "skipped"];
 
 /// `GET /v1/admin/mails?status=&intent_id=&limit=`: mail jobs, newest first. Links are not
 /// stored, so none are shown.
@@ -97,8 +97,8 @@ pub async fn list_mails(
     Query(query): Query<MailsQuery>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&caller)?;
-    if let Some(status) = query.status.as_deref().filter(|status| !MAIL_STATES.contains(status)) {
-        return Err(ApiError::invalid("status", format!("{status:?} is not one of {}", MAIL_STATES.join(", "))));
+    if let Some(status) = query.status.as_deref().filter(|status| !MailStatus::NAMES.contains(status)) {
+        return Err(ApiError::invalid("status", format!("{status:?} is not one of {}", MailStatus::NAMES.join(", "))));
     }
     let intent_id = match query.intent_id.as_deref() {
         Some(raw) => {
@@ -106,15 +106,14 @@ pub async fn list_mails(
         }
         None => None,
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = query_number("limit", query.limit.as_deref(), 100, 1000)?.max(1) as usize;
     let mut mails = Vec::new();
     for job in state.store().mails() {
         let job = job?;
-        let view = serde_json::to_value(&job).expect("mail jobs serialise");
-        let wanted = query.status.as_deref().is_none_or(|status| view["status"]["state"] == status)
+        let wanted = query.status.as_deref().is_none_or(|status| job.status.name() == status)
             && intent_id.is_none_or(|id| job.about.intent_id() == Some(id));
         if wanted {
-            mails.push(view);
+            mails.push(serde_json::to_value(&job).expect("mail jobs serialise"));
             if mails.len() == limit {
                 break;
             }

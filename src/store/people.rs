@@ -79,6 +79,20 @@ pub enum MailStatus {
     },
 }
 
+impl MailStatus {
+    /// The names of the states, as `state` in the JSON form.
+    pub const NAMES: [&'static str; 4] = ["pending", "sent", "failed", "skipped"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            MailStatus::Pending { .. } => "pending",
+            MailStatus::Sent { .. } => "sent",
+            MailStatus::Failed { .. } => "failed",
+            MailStatus::Skipped { .. } => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailJob {
     pub id: Uuid,
