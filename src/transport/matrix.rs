@@ -16,7 +16,7 @@
 //! on a growing timer; once decrypted it is handled like any other event. If the node stops
 //! meanwhile, the back-fill after the next start's first sync handles it instead.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,8 +169,9 @@ struct Shared {
     undecryptable: Mutex<Pending<Raw<OriginalSyncRoomEncryptedEvent>>>,
     /// Wakes [`retry_undecryptable`] when an event joins `undecryptable`.
     undecryptable_added: tokio::sync::Notify,
-    /// Route rooms whose peer has not joined yet, so nothing is sent there (see [`peer_joined`]).
-    awaiting_join: Mutex<HashSet<String>>,
+    /// Route rooms by whether their peer has joined (see [`peer_joined`]): `true` once seen
+    /// joined, which is then not looked up again; `false` while nothing may be sent there.
+    peer_joins: Mutex<HashMap<String, bool>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -200,7 +201,7 @@ pub async fn start(
         trusted: Mutex::new(HashSet::new()),
         undecryptable: Mutex::new(Pending::default()),
         undecryptable_added: tokio::sync::Notify::new(),
-        awaiting_join: Mutex::new(HashSet::new()),
+        peer_joins: Mutex::new(HashMap::new()),
     });
     client.add_event_handler_context(shared.clone());
     client.add_event_handler(on_invite);
@@ -1004,16 +1005,16 @@ const JOIN_POLL: Duration = Duration::from_millis(100);
 /// the first intent of a new room now and then, while its room key, a to-device message,
 /// arrived.
 async fn peer_joined(shared: &Shared, room: &Room, peer: &NodeRef) -> Result<bool, TransportError> {
+    let room_id = room.room_id().to_string();
+    if lock(&shared.peer_joins).get(&room_id) == Some(&true) {
+        return Ok(true);
+    }
     let record = node_record(&shared.routing, peer)
         .ok_or_else(|| matrix_error(format!("node {} is not in the registry", peer.node)))?;
     let user = UserId::parse(&record.matrix_user_id).map_err(matrix_error)?;
     let member = room.get_member_no_sync(&user).await.map_err(matrix_error)?;
     let joined = member.is_some_and(|member| *member.membership() == MembershipState::Join);
-    let room_id = room.room_id().to_string();
-    let mut awaiting = lock(&shared.awaiting_join);
-    if joined {
-        awaiting.remove(&room_id);
-    } else if awaiting.insert(room_id) {
+    if lock(&shared.peer_joins).insert(room_id, joined).is_none() && !joined {
         tracing::info!(room_id = %room.room_id(), peer = %peer.node, "waiting for the peer node to join the route room before sending");
     }
     Ok(joined)
