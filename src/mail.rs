@@ -33,21 +33,40 @@ pub const SIGN_IN_TTL_MS: u64 = 15 * 60 * 1000;
 pub enum MailError {
     #[error("cannot read the SMTP password file {path}: {source}")]
     PasswordFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("email.from {from:?} is not an address: {message}")]
+    From { from: String, message: String },
     #[error("the SMTP server {host} cannot be used: {message}")]
     Smtp { host: String, message: String },
 }
 
 /// What the worker needs besides the store.
 pub struct Mailer {
-    smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, EmailSection)>,
+    smtp: Option<Smtp>,
     key: LinkKey,
     public_url: url::Url,
 }
 
 impl Mailer {
     pub fn new(email: Option<&EmailSection>, key: LinkKey, public_url: url::Url) -> Result<Mailer, MailError> {
-        let smtp = email.map(|config| Ok::<_, MailError>((transport(config)?, config.clone()))).transpose()?;
+        let smtp = email.map(Smtp::new).transpose()?;
         Ok(Mailer { smtp, key, public_url })
+    }
+}
+
+/// The configured SMTP server, ready to send.
+struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    config: EmailSection,
+}
+
+impl Smtp {
+    fn new(config: &EmailSection) -> Result<Smtp, MailError> {
+        let from = config
+            .from
+            .parse()
+            .map_err(|error| MailError::From { from: config.from.clone(), message: format!("{error}") })?;
+        Ok(Smtp { transport: transport(config)?, from, config: config.clone() })
     }
 }
 
@@ -174,7 +193,7 @@ fn skipped(mut job: MailJob, reason: impl Into<String>) -> MailJob {
 
 /// One attempt at a job; answers the job as it should be stored.
 async fn attempt(store: &Store, mailer: &Mailer, mut job: MailJob) -> MailJob {
-    let Some((transport, config)) = &mailer.smtp else {
+    let Some(Smtp { transport, from, config }) = &mailer.smtp else {
         return skipped(job, "no SMTP server configured ([email] in axp.toml)");
     };
     let email = match job.to.clone() {
@@ -202,7 +221,7 @@ async fn attempt(store: &Store, mailer: &Mailer, mut job: MailJob) -> MailJob {
     let expires = chrono::DateTime::from_timestamp_millis(exp as i64)
         .map_or_else(String::new, |at| at.format("%Y-%m-%d %H:%M UTC").to_string());
     let composed = compose(&job.about, record.as_ref(), &link, &expires);
-    let message = match build_message(config, &email, composed) {
+    let message = match build_message(from, &email, composed) {
         Ok(message) => message,
         Err(reason) => return skipped(job, reason),
     };
@@ -217,11 +236,10 @@ async fn attempt(store: &Store, mailer: &Mailer, mut job: MailJob) -> MailJob {
     }
 }
 
-fn build_message(config: &EmailSection, to: &str, composed: Composed) -> Result<Message, String> {
-    let from: Mailbox = config.from.parse().map_err(|error| format!("email.from: {error}"))?;
+fn build_message(from: &Mailbox, to: &str, composed: Composed) -> Result<Message, String> {
     let to: Mailbox = to.parse().map_err(|error| format!("{to:?} is not an address: {error}"))?;
     Message::builder()
-        .from(from)
+        .from(from.clone())
         .to(to)
         .subject(composed.subject)
         .header(ContentType::TEXT_PLAIN)
